@@ -1,0 +1,52 @@
+# compaction-lab — every target depends on `setup`, which is idempotent and works on a fresh
+# Debian 12 machine as root.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+APT_PACKAGES := python3-venv python3-dev qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static \
+  debootstrap gdb trace-cmd stress-ng busybox-static build-essential bc bison flex libelf-dev \
+  libssl-dev dwarves cpio kmod rsync openssh-client e2fsprogs gcc-aarch64-linux-gnu linux-source-6.1 \
+  systemd chromium
+SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+
+.PHONY: setup demo test lint pytest molecule bench clean
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo ">> apt: installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv $(VENV)
+	@echo ">> venv: installing pinned tool chain and collect (editable)"
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[lab,dev]' > $(VENV)/pip.log 2>&1 \
+	  || { cat $(VENV)/pip.log; exit 1; }
+	@$(PY) -c 'import ansible, ansible_runner, molecule, pyinfra, collect, compaction_module_utils'
+	@rm -f $(VENV)/.setup-*; touch $@
+
+demo: setup
+	$(BIN)/ansible-playbook playbooks/doctor.yml
+
+lint: setup
+	$(BIN)/yamllint -s .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/ansible-lint --profile production
+
+# pytest's exit 5 (no tests collected) is a failure like any other here.
+pytest: setup
+	$(BIN)/pytest
+
+test: lint pytest
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
