@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Kernel-exact compaction arithmetic from /proc text (stdlib only: this file runs on managed hosts).
 
 The one home of the fragmentation score: the compaction_facts module, the score sampler and the
@@ -120,7 +119,7 @@ def node_scores(buddy_zones, zoneinfo, order):
     node_present being Σ present over *all* the node's zones (zoneinfo lists the empty ones too).
     """
     nodes = {}
-    for (node, name), info in zoneinfo.items():
+    for (node, _name), info in zoneinfo.items():
         nodes.setdefault(node, {"node_present": 0, "zones": []})
         nodes[node]["node_present"] += info.get("present", 0)
     for z in buddy_zones:
@@ -162,7 +161,7 @@ def parse_unusable_index(text):
     for line in text.splitlines():
         m = _BUDDY_RE.match(line.strip())
         if m:
-            out[(int(m.group(1)), m.group(2))] = [int(round(float(v) * 1000)) for v in m.group(3).split()]
+            out[(int(m.group(1)), m.group(2))] = [round(float(v) * 1000) for v in m.group(3).split()]
     return out
 
 

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Read-only tracefs discovery and capability probes (stdlib only: runs on managed hosts).
 
 Nothing here changes tracing state: probes open files without truncating or writing.
