@@ -38,11 +38,11 @@ def ansible_playbook(playbook, *args, **kw):
 
 
 def ansible_adhoc(pattern, module, module_args="", *args, **kw):
-    """Ad-hoc module run; returns {host: result} parsed from the json one-line callback."""
-    proc = run(
-        [BIN / "ansible", pattern, "-m", module, "-a", module_args, "--one-line", *args],
-        env={"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"},
-        **kw,
-    )
-    data = json.loads(proc.stdout)
-    return {h: r for play in data["plays"] for task in play["tasks"] for h, r in task["hosts"].items()}
+    """Ad-hoc module run; returns {host: result} parsed from the one-line output ``host | STATUS => {json}``."""
+    proc = run([BIN / "ansible", pattern, "-m", module, "-a", module_args, "--one-line", *args], **kw)
+    results = {}
+    for line in proc.stdout.splitlines():
+        head, sep, body = line.partition(" => ")
+        if sep and " | " in head:
+            results[head.split(" | ")[0]] = json.loads(body)
+    return results

@@ -13,19 +13,16 @@ TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 EVENT_SYSTEMS = ("compaction", "migrate", "vmscan", "kmem")
 
 
+def mount_points(fstype, mounts_text=None):
+    """Mount points of ``fstype`` in /proc/mounts order."""
+    if mounts_text is None:
+        mounts_text = read("/proc/mounts", "")
+    return [p[1] for p in (line.split() for line in mounts_text.splitlines()) if len(p) >= 3 and p[2] == fstype]
+
+
 def find_tracefs(mounts_text=None):
     """Return the tracefs mount point, or None when tracefs is not mounted anywhere we can use."""
-    if mounts_text is None:
-        try:
-            with open("/proc/mounts") as f:
-                mounts_text = f.read()
-        except OSError:
-            mounts_text = ""
-    mounted = []
-    for line in mounts_text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] == "tracefs":
-            mounted.append(parts[1])
+    mounted = mount_points("tracefs", mounts_text)
     for cand in TRACEFS_CANDIDATES:
         if cand in mounted:
             return cand

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 """Gather a host's memory compaction state exactly as the kernel computes it."""
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ ansible_facts:
     compaction:
       description: >-
         kernel, arch, page_size, hpage_pmd_size, hpage_order, proactiveness, extfrag_threshold, thp, wmark_formula,
+        mounts (debugfs, tracefs mount points or null),
         nodes (score, wmark_low, wmark_high, would_trigger, why, kswapd_running, kcompactd_pid, node_present, zones
         with present/managed/free_pages/free_by_order/extfrag), vmstat, debugfs_extfrag, ftrace, missing.
       type: dict
@@ -91,7 +91,7 @@ from ansible.module_utils.fragmentation import (
     watermarks,
     would_trigger,
 )
-from ansible.module_utils.tracefs import capabilities, find_tracefs
+from ansible.module_utils.tracefs import capabilities, find_tracefs, mount_points
 
 
 class Reader:
@@ -214,7 +214,9 @@ def gather(proc_root="/proc", sys_root="/sys"):
     facts["vmstat"] = parse_vmstat(vmstat) if vmstat else {}
     facts["debugfs_extfrag"] = debugfs_extfrag(r, sys_root)
 
-    root = find_tracefs() if proc_root == "/proc" else None
+    live = proc_root == "/proc"
+    facts["mounts"] = {fs: (mount_points(fs) or [None])[0] if live else None for fs in ("debugfs", "tracefs")}
+    root = find_tracefs() if live else None
     if not root:
         r.missing.append("tracefs: not mounted (the tracefs role mounts it)")
     facts["ftrace"] = capabilities(root)
