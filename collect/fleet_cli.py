@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from collect import history
+from collect import fetch, history
 from collect.runner import ROOT, experiments, run_experiment
 
 RESULTS = ROOT / "results"
@@ -128,3 +128,5 @@ def register(sub) -> None:
     p.add_argument("--last", type=int, default=10, help="runs per host and kernel (default: %(default)s)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_history)
+
+    fetch.register(sub, RESULTS)
