@@ -30,7 +30,8 @@ options:
   floor_mb:
     description:
       - C(MemAvailable) never goes below this while allocating (checked every 4 MiB).
-      - Default is the larger of 128 MiB and 4% of C(MemTotal).
+      - Default is the larger of 64 MiB and 3% of C(MemTotal). Free memory left above the floor stays in large
+        blocks and caps the score that can be reached (a 2 GiB guest at 64 MiB reaches about 93).
     type: int
   max_mb:
     description: Allocate at most this much (0 = down to the floor).
@@ -46,9 +47,12 @@ options:
     type: int
     default: 3
   min_order:
-    description: First K (1 = free every other physical page).
+    description:
+      - First K (1 = free every other physical page, 2 = three of every four, ...).
+      - Default the huge-page order minus 3 (6 for 4 KiB pages with 2 MiB huge pages). Each step costs one madvise
+        call per freed run, and under TCG the low orders (one call per page) take seconds; starting at 6 reaches
+        the score of K=1..6 in one step.
     type: int
-    default: 1
   max_order:
     description: Last K. Default the huge-page order, the largest K that leaves every freed block unusable.
     type: int
@@ -60,6 +64,14 @@ options:
     description: Seconds to hold the fragmented state after the last step before releasing.
     type: int
     default: 60
+  thp_mb:
+    description:
+      - After spreading, fault this many MiB of C(MADV_HUGEPAGE) memory into the fragmented free memory. With THP
+        C(enabled) not C(never) and C(defrag) C(madvise) (Debian's default), C(always), C(defer+madvise), each
+        fault compacts directly in this process (C(compact_stall), C(mm_compaction_try_to_compact_pages)).
+      - 0 = no direct-compaction phase.
+    type: int
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -106,6 +118,10 @@ wmark_high:
   description: High watermark at the start.
   type: int
   returned: success
+thp:
+  description: The program's thp record (requested_kb, faulted_kb, anon_huge_kb, seconds) when I(thp_mb) > 0.
+  type: dict
+  returned: when thp_mb > 0
 ready:
   description: The program's ready record (pages, page_size, allocated_kb, alloc_seconds, pfn_source, oom_score_adj).
   type: dict
@@ -186,10 +202,11 @@ def main():
             "max_mb": {"type": "int", "default": 0},
             "target_score": {"type": "int"},
             "margin": {"type": "int", "default": 3},
-            "min_order": {"type": "int", "default": 1},
+            "min_order": {"type": "int"},
             "max_order": {"type": "int"},
             "settle_ms": {"type": "int", "default": 300},
             "hold_seconds": {"type": "int", "default": 60},
+            "thp_mb": {"type": "int", "default": 0},
         },
         supports_check_mode=True,
     )
@@ -202,12 +219,22 @@ def main():
     except OSError as e:
         module.fail_json(msg="cannot read the huge page size (%s): a kernel without THP is not supported" % e)
     max_order = p["max_order"] or order
-    if not 1 <= p["min_order"] <= max_order <= order:
+    min_order = p["min_order"] if p["min_order"] is not None else max(1, order - 3)
+    if not 1 <= min_order <= max_order <= order:
         module.fail_json(
             msg="need 1 <= min_order (%d) <= max_order (%d) <= huge-page order (%d): a larger K leaves free "
-            "blocks of huge-page size, which do not count as fragmented" % (p["min_order"], max_order, order)
+            "blocks of huge-page size, which do not count as fragmented" % (min_order, max_order, order)
         )
-    floor_mb = p["floor_mb"] if p["floor_mb"] is not None else max(128, meminfo_kb("MemTotal") * 4 // 100 // 1024)
+    if p["thp_mb"] > 0:
+        thp = {k: read("/sys/kernel/mm/transparent_hugepage/" + k) for k in ("enabled", "defrag")}
+        thp = {k: v[v.find("[") + 1 : v.find("]")] for k, v in thp.items()}
+        if thp["enabled"] == "never" or thp["defrag"] not in ("always", "madvise", "defer+madvise"):
+            module.fail_json(
+                msg="THP enabled=%(enabled)s defrag=%(defrag)s: MADV_HUGEPAGE faults would not compact directly. "
+                "Set enabled to madvise/always and defrag to madvise/always/defer+madvise (compaction_trigger), "
+                "or leave thp_mb at 0." % thp
+            )
+    floor_mb = p["floor_mb"] if p["floor_mb"] is not None else max(64, meminfo_kb("MemTotal") * 3 // 100 // 1024)
     available_mb = meminfo_kb("MemAvailable") // 1024
     if available_mb < floor_mb + 4:
         module.fail_json(
@@ -248,7 +275,7 @@ def main():
             module.fail_json(msg="fragmenter: %s" % ready.get("msg", ready), **result)
         result.update(changed=True, ready=ready, steps=[], seconds_to_target=None)
         peak = max(live_scores(order).values())
-        for k in range(p["min_order"], max_order + 1):
+        for k in range(min_order, max_order + 1):
             step = prog.command("spread %d" % k)
             if step["event"] != "spread":
                 module.fail_json(msg="fragmenter: %s" % step.get("msg", step), **result)
@@ -260,6 +287,10 @@ def main():
             if max(scores.values()) >= target:
                 result["seconds_to_target"] = step["t"]
                 break
+        if p["thp_mb"] > 0:
+            result["thp"] = prog.command("thp %d" % p["thp_mb"])
+            if result["thp"]["event"] != "thp":
+                module.fail_json(msg="fragmenter: %s" % result["thp"].get("msg", result["thp"]), **result)
         hold_until = time.monotonic() + p["hold_seconds"]
         while time.monotonic() < hold_until and prog.proc.poll() is None:
             peak = max(peak, *live_scores(order).values())

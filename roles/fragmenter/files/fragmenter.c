@@ -10,8 +10,10 @@
  *
  * It computes no score: the driver (plugins/modules/fragmenter.py) reads the score through
  * module_utils/fragmentation.py and decides the next K. Protocol, one line each way:
- *   stdin:  "spread K" | "release"       (EOF = release)
+ *   stdin:  "spread K" | "thp MB" | "release"       (EOF = release)
  *   stdout: JSON objects, one per line: {"event": "ready"|"spread"|"released"|"refused"|"error", ...}
+ * "thp MB" then faults MB of MADV_HUGEPAGE memory into the fragmented free memory: each fault wants an
+ * order-H block, none is free, so the faulting task compacts directly (compact_stall, try_to_compact_pages).
  * The program releases everything on "release", EOF, SIGTERM/SIGINT/SIGHUP or its --deadline, and sets
  * its own oom_score_adj to 1000 so that the OOM killer, if it ever runs, picks this process first.
  */
@@ -87,6 +89,71 @@ static int by_vidx(const void *a, const void *b)
 {
 	const struct page *x = a, *y = b;
 	return x->vidx < y->vidx ? -1 : x->vidx > y->vidx;
+}
+
+static long read_long(const char *path)
+{
+	long v = -1;
+	FILE *f = fopen(path, "r");
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+/* AnonHugePages of this process in KiB: how many of the THP faults got a huge page. */
+static long anon_huge_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* Fault mb MiB of huge-page-aligned MADV_HUGEPAGE memory, stopping at the floor. Returns the mapping. */
+static char *thp_fault(long mb, long floor_kb, size_t *len_out)
+{
+	long hpage = read_long("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
+	*len_out = 0;
+	if (hpage <= 0) {
+		printf("{\"event\":\"error\",\"msg\":\"no THP support (hpage_pmd_size unreadable)\"}\n");
+		return NULL;
+	}
+	size_t len = (size_t)mb << 20;
+	len -= len % hpage;
+	char *raw = mmap(NULL, len + hpage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED) {
+		printf("{\"event\":\"error\",\"msg\":\"mmap for THP failed: %s\"}\n", strerror(errno));
+		return NULL;
+	}
+	char *p = (char *)(((uintptr_t)raw + hpage - 1) & ~((uintptr_t)hpage - 1));
+	if (p > raw)
+		munmap(raw, p - raw);
+	munmap(p + len, raw + len + hpage - (p + len));
+	if (madvise(p, len, MADV_HUGEPAGE)) {
+		printf("{\"event\":\"error\",\"msg\":\"madvise(MADV_HUGEPAGE) failed: %s\"}\n", strerror(errno));
+		munmap(p, len);
+		return NULL;
+	}
+	double t0 = now();
+	size_t done = 0;
+	for (; done < len && !stop_reason; done += hpage) {
+		if (mem_available_kb() < floor_kb + hpage / 1024)
+			break;
+		p[done] = 1; /* one fault per huge page: the kernel allocates the whole block here */
+	}
+	*len_out = len;
+	printf("{\"event\":\"thp\",\"requested_kb\":%zu,\"faulted_kb\":%zu,\"anon_huge_kb\":%ld,"
+	       "\"seconds\":%.3f}\n", len / 1024, done / 1024, anon_huge_kb(), now() - t0);
+	return p;
 }
 
 static void usage(const char *argv0)
@@ -216,20 +283,23 @@ int main(int argc, char **argv)
 
 	char line[64];
 	size_t len = 0;
+	char *thp = NULL;
+	size_t thp_len = 0;
+	long mb;
 	size_t held = npages;
+	line[0] = 0;
 	while (!stop_reason) {
-		ssize_t r = read(0, line + len, sizeof(line) - 1 - len);
-		if (r <= 0) {
-			if (r < 0 && errno == EINTR)
-				continue;
-			break; /* EOF: the driver is gone, release */
-		}
-		len += r;
-		line[len] = 0;
 		char *nl = strchr(line, '\n');
 		if (!nl) {
 			if (len == sizeof(line) - 1)
 				len = 0; /* overlong junk: drop it */
+			ssize_t r = read(0, line + len, sizeof(line) - 1 - len);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0)
+				break; /* EOF: the driver is gone, release */
+			len += r;
+			line[len] = 0;
 			continue;
 		}
 		*nl = 0;
@@ -271,8 +341,11 @@ int main(int argc, char **argv)
 			held -= freed;
 			printf("{\"event\":\"spread\",\"order\":%d,\"held_pages\":%zu,\"freed_pages\":%zu,"
 			       "\"madvise_calls\":%zu,\"seconds\":%.3f}\n", order, held, freed, calls, now() - ts);
+		} else if (sscanf(line, "thp %ld", &mb) == 1 && mb > 0 && !thp) {
+			thp = thp_fault(mb, floor_kb, &thp_len);
 		} else {
-			printf("{\"event\":\"error\",\"msg\":\"unknown command '%s': use 'spread K' or 'release'\"}\n",
+			printf("{\"event\":\"error\",\"msg\":\"unknown command '%s': use 'spread K', 'thp MB' (once) "
+			       "or 'release'\"}\n",
 			       line);
 		}
 		memmove(line, nl + 1, len - (nl + 1 - line));
@@ -280,6 +353,8 @@ int main(int argc, char **argv)
 		line[len] = 0;
 	}
 	munmap(base, want);
+	if (thp)
+		munmap(thp, thp_len);
 	printf("{\"event\":\"released\",\"reason\":\"%s\",\"held_pages\":%zu}\n", reason_name(stop_reason), held);
 	return 0;
 }
