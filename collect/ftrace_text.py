@@ -1,0 +1,200 @@
+"""Streaming lexer for ftrace text: the `trace` file of any tracer, and `trace-cmd report` output.
+
+One generator, one tuple per meaningful line, nothing kept across lines except the line number, so memory is flat
+in the input size. Pairing calls and typing event fields happen downstream (callgraph.py, events.py).
+
+Tuples (first item = kind):
+  ("graph", seq, cpu, task, pid, ts, depth, op, fn, dur_us)   function_graph line; op: leaf | enter | exit
+  ("event", seq, cpu, task, pid, ts, name, body)              tracepoint line, or `/* name: body */` inside a graph
+  ("func", seq, cpu, task, pid, ts, fn, parent)               function tracer line
+  ("switch", seq, cpu, prev_task, prev_pid, next_task, next_pid)   function_graph context-switch banner
+  ("irq", seq, cpu, "enter" | "exit")                         funcgraph-irqs markers ==========> / <==========
+  ("lost", seq, cpu, n)                                       `CPU:N [LOST n EVENTS]`
+  ("header", seq, key, value)                                 tracer, entries_in_buffer, entries_written, ncpus,
+                                                              cpu_buffer_started (overwritten CPU buffer)
+  ("skip", seq, reason, line)                                 unparsable line: counted, never silently dropped
+task/pid/ts are None when the line does not carry them (function_graph without funcgraph-proc/abstime).
+"""
+
+from __future__ import annotations
+
+import re
+
+# task-pid [cpu] flags ts: rest   (tgid column and flags optional; trace-cmd report prints no flags)
+_TP = re.compile(
+    r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S{4,6}\s+)?"
+    r"(?P<ts>\d+\.\d+):\s+(?P<rest>.*)$"
+)
+# [abstime |] cpu) [task-pid |] [marker] [duration us] | text
+_GRAPH = re.compile(
+    r"^\s*(?:(?P<abs>\d+\.\d+)\s*\|\s*)?(?P<cpu>\d+)\)\s*(?:(?P<task>[^|\s][^|]*?)-(?P<pid>\d+)\s+\|\s*)?"
+    r"(?P<mark>[-+!#*@$=<>]*)\s*(?:(?P<dur>\d+(?:\.\d+)?)\s*us\s*)?\|(?P<text>.*)$"
+)
+# trace-cmd's funcgraph_entry/funcgraph_exit body: [marker] [duration us] | text
+_GRAPH_BODY = re.compile(r"^\s*[+!#*@$]?\s*(?:(?P<dur>\d+(?:\.\d+)?)\s*us\s*)?\|(?P<text>.*)$")
+_SWITCH = re.compile(r"^\s*(?P<cpu>\d+)\)\s*(?P<pt>.+?)-(?P<pp>\d+)\s+=>\s+(?P<nt>.+?)-(?P<np>\d+)\s*$")
+_EVENT_NAME = re.compile(r"^(\w+):\s?(.*)$")
+_FUNC = re.compile(r"^(\S+)\s+<-+\s*(\S+)")
+_COMMENT = re.compile(r"^/\*\s*(\w+):\s?(.*?)\s*\*/\s*$")
+_EXIT_FN = re.compile(r"/\*\s*([^\s=*]+)")
+_LOST = re.compile(r"CPU:(\d+) \[LOST (\d+) EVENTS\]")
+_ENTRIES = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)\s+#P:(\d+)")
+_STARTED = re.compile(r"#+ CPU (\d+) buffer started #+")
+# `trace-cmd report` prefixes every line of an instance buffer with "<instance>:"; padding follows it.
+_TC_BUFFER = re.compile(r"^[\w.-]+: {2,}")
+
+
+class TraceFormatError(ValueError):
+    """The input is not ftrace text at all (binary data, wrong file)."""
+
+
+def _graph_text(text):
+    """Split the text column of a function_graph line into (depth, op, fn, event_name, event_body)."""
+    body = text.lstrip(" ")
+    depth = max((len(text) - len(body) - 2) // 2, 0)
+    if not body:
+        return depth, None, None, None, None
+    c = body[0]
+    if c == "}":
+        m = _EXIT_FN.search(body)
+        return depth, "exit", m.group(1) if m else None, None, None
+    if c == "/":
+        m = _COMMENT.match(body)
+        if m:
+            return depth, "event", None, m.group(1), m.group(2)
+        return depth, "comment", None, None, body
+    paren = body.find("(")
+    if paren > 0:
+        if body.endswith("{"):
+            return depth, "enter", body[:paren], None, None
+        if ";" in body:
+            return depth, "leaf", body[:paren], None, None
+    return depth, None, None, None, None
+
+
+def lex(lines, trace_cmd=False):
+    """Yield one tuple per line of ``lines`` (an iterable of str). See the module docstring."""
+    graph_first = False
+    for seq, line in enumerate(lines, 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        first = line.lstrip()[0]
+        if first == "#":
+            if line.startswith("# tracer:"):
+                yield ("header", seq, "tracer", line.split(":", 1)[1].strip())
+            elif m := _ENTRIES.search(line):
+                yield ("header", seq, "entries_in_buffer", int(m.group(1)))
+                yield ("header", seq, "entries_written", int(m.group(2)))
+                yield ("header", seq, "ncpus", int(m.group(3)))
+            elif m := _STARTED.search(line):
+                yield ("header", seq, "cpu_buffer_started", int(m.group(1)))
+            continue
+        if first == "-" and line.strip("- ") == "":
+            continue
+        if m := _LOST.search(line):
+            yield ("lost", seq, int(m.group(1)), int(m.group(2)))
+            continue
+        if trace_cmd:
+            if line.startswith(("cpus=", "version =")):
+                continue
+            if line[0] != " " and (m := _TC_BUFFER.match(line)):
+                line = line[m.end() :]
+        if graph_first or ")" in line[:8]:
+            out = _graph_line(seq, line)
+            if out is not None:
+                graph_first = True
+                yield out
+                continue
+        out = _tp_line(seq, line)
+        if out is not None:
+            graph_first = False
+            yield out
+            continue
+        out = _graph_line(seq, line)
+        if out is not None:
+            graph_first = True
+            yield out
+            continue
+        binary = "\x00" in line or "\ufffd" in line or not line.replace("\t", " ").isprintable()
+        yield ("skip", seq, "binary or control characters" if binary else "not an ftrace line", line[:120])
+
+
+def _graph_line(seq, line):
+    m = _GRAPH.match(line)
+    if m is None:
+        if "=>" in line and (s := _SWITCH.match(line)):
+            return (
+                "switch",
+                seq,
+                int(s.group("cpu")),
+                s.group("pt").strip(),
+                int(s.group("pp")),
+                s.group("nt").strip(),
+                int(s.group("np")),
+            )
+        return None
+    cpu = int(m.group("cpu"))
+    mark = m.group("mark")
+    if "==========>" in mark:
+        return ("irq", seq, cpu, "enter")
+    if "<==========" in mark:
+        return ("irq", seq, cpu, "exit")
+    task = m.group("task")
+    pid = int(m.group("pid")) if task is not None else None
+    ts = float(m.group("abs")) if m.group("abs") else None
+    dur = m.group("dur")
+    return _graph_op(seq, cpu, task.strip() if task else None, pid, ts, m.group("text"), dur)
+
+
+def _graph_op(seq, cpu, task, pid, ts, text, dur):
+    depth, op, fn, ev, body = _graph_text(text)
+    if op == "event":
+        return ("event", seq, cpu, task, pid, ts, ev, body)
+    if op == "comment":
+        return ("event", seq, cpu, task, pid, ts, "print", body.strip("/* "))
+    if op is None:
+        return ("skip", seq, "function_graph line without a call", text[:120])
+    return ("graph", seq, cpu, task, pid, ts, depth, op, fn, float(dur) if dur else None)
+
+
+def _tp_line(seq, line):
+    m = _TP.match(line)
+    if m is None:
+        return None
+    task, pid, cpu, ts, rest = (
+        m.group("task").strip(),
+        int(m.group("pid")),
+        int(m.group("cpu")),
+        m.group("ts"),
+        m.group("rest"),
+    )
+    ts = float(ts)
+    e = _EVENT_NAME.match(rest)
+    if e is not None:
+        name, body = e.group(1), e.group(2)
+        if name in ("funcgraph_entry", "funcgraph_exit"):
+            g = _GRAPH_BODY.match(body)
+            if g is None:
+                return ("skip", seq, "unreadable %s body" % name, line[:120])
+            return _graph_op(seq, cpu, task, pid, ts, g.group("text"), g.group("dur"))
+        if name == "function":
+            f = _FUNC.match(body.strip())
+            if f:
+                return ("func", seq, cpu, task, pid, ts, f.group(1), f.group(2))
+        return ("event", seq, cpu, task, pid, ts, name, body)
+    f = _FUNC.match(rest)
+    if f is not None:
+        return ("func", seq, cpu, task, pid, ts, f.group(1), f.group(2))
+    return ("skip", seq, "tracepoint line without an event name", line[:120])
+
+
+def open_text(path):
+    """Open a text trace for streaming; refuses binary files (e.g. trace.dat passed as text) with the fix."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"\x17\x08\x44tracing"):
+        raise TraceFormatError("%s is a trace-cmd trace.dat: read it with `trace-cmd report` (collect does)" % path)
+    if head and head.count(b"\x00") > len(head) // 8:
+        raise TraceFormatError("%s is binary, not ftrace text: pass the tracefs `trace` file or a results dir" % path)
+    return open(path, encoding="utf-8", errors="replace")

@@ -1,0 +1,403 @@
+"""Normalize one host's raw results into Parquet tables + integrity.json, streaming the trace once.
+
+Inputs (docs/interfaces.md): trace.dat (read through `trace-cmd report`) or trace.txt, trace.meta.json,
+formats/<system>/<event>, facts_before/after.json, vmstat_delta.json, scores.jsonl. Any of them may be missing;
+what was missing is said in integrity.json, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+from compaction_module_utils import fragmentation
+
+from collect import tables
+from collect.callgraph import CallGraph
+from collect.compactions import CompactionPairer, ZoneCallCompactions
+from collect.events import load_formats, parse_fields
+from collect.ftrace_text import TraceFormatError, lex, open_text
+
+OUT_DIR = "normalized"
+SKIP_SAMPLES = 5
+
+
+class NormalizeError(RuntimeError):
+    pass
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except json.JSONDecodeError as e:
+        raise NormalizeError("%s is not valid JSON (%s): re-fetch the host's results" % (path, e)) from e
+
+
+def parse_cpu_stats(text):
+    """per_cpu/cpuN/stats text (or `trace-cmd report --stat`) -> {cpu: {key_with_underscores: int}}."""
+    out, cpu = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(("CPU:", "== cpu")):
+            cpu = int(line.replace("== cpu", "").replace("CPU:", "").strip())
+            out[cpu] = {}
+        elif cpu is not None and ":" in line:
+            k, v = line.split(":", 1)
+            v = v.strip()
+            if v.isdigit():
+                out[cpu][k.strip().replace(" ", "_")] = int(v)
+    return out
+
+
+def per_cpu_loss(meta):
+    """Σ overrun + dropped events over CPUs from trace.meta.json's per_cpu stats; None when not recorded.
+
+    Accepts {cpu: {overrun, dropped_events, ...}}, [{cpu, overrun, ...}] or {cpu: "<stats file text>"}.
+    """
+    per_cpu = (meta or {}).get("per_cpu")
+    if not per_cpu:
+        return None, {}
+    items = per_cpu.items() if isinstance(per_cpu, dict) else enumerate(per_cpu)
+    detail = {}
+    for cpu, st in items:
+        if isinstance(st, str):
+            st = next(iter(parse_cpu_stats("CPU: 0\n" + st).values()), {})
+        if not isinstance(st, dict):
+            continue
+        st = {k.replace(" ", "_"): v for k, v in st.items()}
+        cpu = st.get("cpu", cpu)
+        detail[str(cpu)] = {
+            "overrun": int(st.get("overrun", 0) or 0),
+            "dropped_events": int(st.get("dropped_events", 0) or 0),
+            "commit_overrun": int(st.get("commit_overrun", 0) or 0),
+        }
+    if not detail:
+        return None, {}
+    return sum(d["overrun"] + d["dropped_events"] for d in detail.values()), detail
+
+
+def trace_cmd_lines(dat):
+    """Stream `trace-cmd report` of a trace.dat (the binary capture, when trace-cmd recorded)."""
+    if shutil.which("trace-cmd") is None:
+        raise NormalizeError("%s needs trace-cmd to read: apt-get install trace-cmd (make setup does)" % dat)
+    proc = subprocess.Popen(
+        ["trace-cmd", "report", "-t", "-i", dat],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        bufsize=1 << 20,
+    )
+    try:
+        yield from proc.stdout
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise NormalizeError("trace-cmd report %s failed (%d): %s" % (dat, proc.returncode, err.strip()[-400:]))
+
+
+def trace_cmd_info(dat):
+    """(stats {cpu: {...}}, uname 'Linux host release arch' or '') of a trace.dat."""
+
+    def run(*args):
+        p = subprocess.run(["trace-cmd", "report", *args, "-i", dat], capture_output=True, text=True, check=False)
+        return p.stdout if p.returncode == 0 else ""
+
+    return parse_cpu_stats(run("--stat")), run("--uname").strip().splitlines()[-1:] or [""]
+
+
+def pick_source(host_dir, prefer="auto"):
+    """(kind, path) of the trace to read: trace.dat (complete when trace-cmd streamed it) before trace.txt."""
+    dat, txt = os.path.join(host_dir, "trace.dat"), os.path.join(host_dir, "trace.txt")
+    if prefer in ("auto", "dat") and os.path.exists(dat):
+        return "dat", dat
+    if prefer in ("auto", "txt") and os.path.exists(txt):
+        return "txt", txt
+    return None, None
+
+
+def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
+    """Stream one trace into calls/events/switches/compactions; returns the integrity facts found in it."""
+    os.makedirs(out_dir, exist_ok=True)
+    w = {n: tables.TableWriter(os.path.join(out_dir, n + ".parquet"), n, run, host) for n in ("events", "switches")}
+    raw_calls = os.path.join(out_dir, "calls.raw.parquet")
+    calls_w = tables.TableWriter(raw_calls, "calls", run, host)
+    comp_rows = []
+    pairer = CompactionPairer(comp_rows.append)
+    zone_calls = ZoneCallCompactions()
+
+    def on_close(frame, dur, status):
+        pairer.on_close(frame, dur, status)
+        zone_calls.on_close(frame, dur, status)
+
+    graph = CallGraph(calls_w.append, on_close)
+    header, skips, lost_markers, first_switch = {}, {}, 0, {}
+    skip_samples, event_status, irq = [], {}, 0
+    fmt_system = {n: f.system for n, f in formats.items()}
+    lines = trace_cmd_lines(path) if source_kind == "dat" else open_text(path)
+    try:
+        for rec in lex(lines, trace_cmd=source_kind == "dat"):
+            kind = rec[0]
+            if kind == "graph":
+                _, seq, cpu, task, pid, ts, depth, op, fn, dur = rec
+                graph.feed(seq, cpu, task, pid, ts, depth, op, fn, dur)
+            elif kind == "event":
+                _, seq, cpu, task, pid, ts, name, body = rec
+                ints, strs, status = parse_fields(name, body, formats)
+                if formats and name not in formats and name != "print":
+                    status = "unknown_event"
+                event_status[status] = event_status.get(status, 0) + 1
+                key, task2, pid2 = graph.key_for(cpu, task, pid)
+                stack = graph.stacks.get(key, ())
+                pairer.event(
+                    cpu,
+                    task2,
+                    pid2 if pid2 is not None else -1 - cpu,
+                    ts,
+                    name,
+                    ints,
+                    strs,
+                    [f for f in stack if f is not None and f.fn],
+                )
+                w["events"].append(
+                    (
+                        seq,
+                        ts,
+                        cpu,
+                        task2,
+                        pid2,
+                        name,
+                        fmt_system.get(name),
+                        list(ints.items()),
+                        list(strs.items()),
+                        status,
+                        None if status == "ok" else body,
+                    )
+                )
+            elif kind == "func":
+                _, seq, cpu, task, pid, ts, fn, parent = rec
+                calls_w.append(
+                    (graph._new_id(), None, seq, cpu, task, pid, None, fn, parent, ts, None, "complete", "function")
+                )
+            elif kind == "switch":
+                _, seq, cpu, pt, pp, nt, np_ = rec
+                if cpu not in graph.current:
+                    first_switch.setdefault(cpu, (seq, pt, pp))
+                graph.switch(cpu, pt, pp, nt, np_)
+                w["switches"].append((seq, cpu, pt, pp, nt, np_))
+            elif kind == "header":
+                _, _, k, v = rec
+                if k == "cpu_buffer_started":
+                    header.setdefault("cpu_buffer_started", []).append(v)
+                else:
+                    header[k] = v
+            elif kind == "lost":
+                lost_markers += rec[3]
+            elif kind == "irq":
+                irq += 1
+            else:  # skip
+                _, seq, reason, text = rec
+                skips[reason] = skips.get(reason, 0) + 1
+                if len(skip_samples) < SKIP_SAMPLES:
+                    skip_samples.append({"line": seq, "reason": reason, "text": text})
+    except TraceFormatError as e:
+        raise NormalizeError(str(e)) from e
+    finally:
+        if hasattr(lines, "close"):
+            lines.close()
+
+    graph.finish()
+    pairer.finish()
+    calls_w.close()
+    for x in w.values():
+        x.close()
+    tables.finalize_calls(raw_calls, os.path.join(out_dir, "calls.parquet"), first_switch)
+    if pairer.begins == 0 and pairer.ends_without_begin == 0:
+        for row in zone_calls.rows():
+            row = list(row)
+            fs = first_switch.get(row[2])
+            if row[0] is None and fs is not None:
+                row[0], row[1] = fs[1], fs[2]
+            comp_rows.append(tuple(row))
+    tables.write_rows(os.path.join(out_dir, "compactions.parquet"), "compactions", run, host, comp_rows)
+    return {
+        "header": header,
+        "skipped_lines": sum(skips.values()),
+        "skipped_by_reason": skips,
+        "skipped_samples": skip_samples,
+        "lost_markers": lost_markers,
+        "orphan_exits": graph.orphan_exits,
+        "truncated_calls": graph.truncated,
+        "mismatched_exits": graph.mismatched_exits,
+        "event_parse": event_status,
+        "irq_markers": irq,
+        "compaction_ends_without_begin": pairer.ends_without_begin,
+        "calls": calls_w.count,
+        "events": w["events"].count,
+    }
+
+
+def _scores_rows(path):
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                s = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise NormalizeError("%s line %d is not JSON (%s)" % (path, n, e)) from e
+            rows.append(
+                (
+                    s.get("seq"),
+                    s.get("node"),
+                    s.get("score"),
+                    s.get("wmark_low"),
+                    s.get("wmark_high"),
+                    s.get("proactiveness"),
+                    s.get("would_trigger"),
+                    s.get("kswapd_running"),
+                    s.get("ts"),
+                    s.get("ts_source"),
+                    s.get("mono"),
+                    s.get("wall"),
+                    s.get("phase"),
+                )
+            )
+    return rows
+
+
+def _counters(host_dir, facts_before, facts_after):
+    """vmstat_delta.json when the capture wrote it, else after-before of the facts' vmstat (fragmentation.py)."""
+    vb = (facts_before or {}).get("vmstat") or {}
+    va = (facts_after or {}).get("vmstat") or {}
+    delta = read_json(os.path.join(host_dir, "vmstat_delta.json"))
+    if delta is None and vb and va:
+        delta = fragmentation.vmstat_delta(vb, va)
+    return {k: int(v) for k, v in (delta or {}).items()}, vb, va
+
+
+def normalize_host(host_dir, run, host, prefer="auto", out_dir=None):
+    """Normalize ``host_dir`` into ``out_dir`` (default <host_dir>/normalized); returns the integrity dict."""
+    out_dir = out_dir or os.path.join(host_dir, OUT_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    meta = read_json(os.path.join(host_dir, "trace.meta.json"), {}) or {}
+    formats = load_formats(os.path.join(host_dir, "formats"))
+    kind, path = pick_source(host_dir, prefer)
+    missing = []
+    if kind is None:
+        missing.append("no trace.txt or trace.dat: nothing was captured on this host")
+        found = None
+    else:
+        found = normalize_trace(kind, path, out_dir, run, host, formats, meta)
+    if not formats:
+        missing.append("no formats/: event fields split generically (fetch events/*/format with the capture)")
+    facts_before = read_json(os.path.join(host_dir, "facts_before.json"))
+    facts_after = read_json(os.path.join(host_dir, "facts_after.json"))
+    delta, vb, va = _counters(host_dir, facts_before, facts_after)
+    tables.write_rows(
+        os.path.join(out_dir, "counters.parquet"),
+        "counters",
+        run,
+        host,
+        [(k, vb.get(k), va.get(k), v) for k, v in sorted(delta.items())],
+    )
+    tables.write_rows(
+        os.path.join(out_dir, "scores.parquet"),
+        "scores",
+        run,
+        host,
+        _scores_rows(os.path.join(host_dir, "scores.jsonl")),
+    )
+    dat_stats, uname = ({}, [""])
+    if kind == "dat":
+        dat_stats, uname = trace_cmd_info(path)
+    integ = integrity(meta, found, dat_stats)
+    integ["missing"] = missing
+    info = {
+        "run": run,
+        "host": host,
+        "source": os.path.basename(path) if path else None,
+        "kernel": meta.get("kernel") or (facts_before or {}).get("kernel") or _uname_field(uname[0], 2),
+        "arch": meta.get("arch") or (facts_before or {}).get("arch") or _uname_field(uname[0], 3),
+        "tracer": meta.get("tracer") or (found or {}).get("header", {}).get("tracer"),
+        "fallback_reason": meta.get("fallback_reason"),
+        "integrity": integ,
+        "found": found,
+    }
+    with open(os.path.join(out_dir, "host.json"), "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+    return info
+
+
+def _uname_field(uname, i):
+    parts = uname.split()
+    return parts[i] if len(parts) > i else None
+
+
+def integrity(meta, found, dat_stats):
+    """lost_events and the reasons a trace is incomplete, from per-CPU stats, the header and the trace itself."""
+    why = []
+    lost, detail = per_cpu_loss(meta)
+    origin = "trace.meta.json per_cpu stats"
+    if lost is None and dat_stats:
+        lost = sum(s.get("overrun", 0) + s.get("dropped_events", 0) for s in dat_stats.values())
+        detail = {str(c): s for c, s in dat_stats.items()}
+        origin = "trace-cmd report --stat"
+    header = (found or {}).get("header", {})
+    if lost is None and "entries_written" in header:
+        lost = header["entries_written"] - header["entries_in_buffer"]
+        origin = "trace header entries-in-buffer/entries-written"
+    markers = (found or {}).get("lost_markers", 0)
+    if markers:
+        lost = (lost or 0) + markers
+        why.append("%d events reported lost by `[LOST n EVENTS]` markers" % markers)
+    if lost is None:
+        origin = "unknown: no per-CPU stats, no trace header with entry counts"
+        why.append("lost events unknown: the capture recorded no per-CPU stats (trace.meta.json per_cpu)")
+    elif lost:
+        cpus = [c for c, d in detail.items() if d.get("overrun") or d.get("dropped_events")]
+        why.append(
+            "%d events lost (%s)%s: the ring buffer was too small or overwritten"
+            % (lost, origin, " on CPUs " + ",".join(cpus) if cpus else "")
+        )
+    orphans = (found or {}).get("orphan_exits", 0)
+    if orphans:
+        why.append("%d closings `} /* fn */` whose entries were lost (overwritten ring buffer)" % orphans)
+    trunc = (found or {}).get("truncated_calls", 0)
+    if trunc:
+        why.append("%d calls entered but not returned before the trace ended" % trunc)
+    started = header.get("cpu_buffer_started")
+    if started:
+        why.append("CPU buffers %s started late: their older entries were overwritten" % started)
+    skipped = (found or {}).get("skipped_lines", 0)
+    if skipped:
+        why.append("%d unparsable lines skipped (%s)" % (skipped, (found or {}).get("skipped_by_reason")))
+    ev = (found or {}).get("event_parse", {})
+    for status, text in (
+        ("unknown_event", "events with no format file"),
+        ("mismatch", "events whose fields did not match their format"),
+        ("unparsed", "events without key=value fields"),
+    ):
+        if ev.get(status):
+            why.append("%d %s (kept with their raw text)" % (ev[status], text))
+    if (meta or {}).get("fallback_reason"):
+        why.append("capture fell back: %s" % meta["fallback_reason"])
+    return {
+        "lost_events": lost,
+        "lost_events_source": origin,
+        "per_cpu": detail,
+        "orphan_exits": orphans,
+        "truncated_calls": trunc,
+        "skipped_lines": skipped,
+        "complete": not why,
+        "why": why,
+    }
