@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from collect import fetch, history
+from collect import fetch, fleet_summary, history, regressions
 from collect.runner import ROOT, experiments, run_experiment
 
 RESULTS = ROOT / "results"
@@ -107,6 +107,12 @@ def cmd_history(args) -> int:
     return 0
 
 
+def cmd_fleet(args) -> int:
+    run_dir = regressions.resolve_run(args.run, args.results)
+    print(fleet_summary.markdown(run_dir))
+    return regressions.baseline_report(args, run_dir, args.results) if args.baseline else 0
+
+
 def register(sub) -> None:
     """Add run/history to collect's argparse subparsers (collect/cli.py calls this)."""
     p = sub.add_parser("run", help="run an experiment across the fleet through ansible-runner, then collect")
@@ -128,5 +134,11 @@ def register(sub) -> None:
     p.add_argument("--last", type=int, default=10, help="runs per host and kernel (default: %(default)s)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("fleet", help="one run across the fleet: host outcomes, figures per arch and per kernel")
+    p.add_argument("run", help="run id or folder")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default: %(default)s)")
+    regressions.add_arguments(p)
+    p.set_defaults(func=cmd_fleet)
 
     fetch.register(sub, RESULTS)

@@ -67,6 +67,8 @@ def _percentile(values: list[float], pct: float) -> float | None:
 def host_metrics(summary: dict) -> dict:
     """Figures of merit of one host's summary.json object (the issue 9 per-host contract)."""
     comps = summary.get("compactions") or []
+    # A compaction whose begin or end was lost has no outcome: it counts for latency, not for the success rate.
+    known = [c.get("status") for c in comps if c.get("status") and not str(c["status"]).startswith("unknown")]
     durations = [float(c["duration_us"]) for c in comps if c.get("duration_us") is not None]
     vm = summary.get("vmstat_delta") or {}
     integrity = summary.get("integrity") or {}
@@ -76,7 +78,7 @@ def host_metrics(summary: dict) -> dict:
         "arch": summary.get("arch"),
         "tracer": summary.get("tracer"),
         "compactions": len(comps),
-        "success_rate": (sum(c.get("status") in SUCCESS_STATUSES for c in comps) / len(comps)) if comps else None,
+        "success_rate": (sum(s in SUCCESS_STATUSES for s in known) / len(known)) if known else None,
         "latency_mean_us": statistics.fmean(durations) if durations else None,
         "latency_p50_us": _percentile(durations, 50),
         "latency_p95_us": _percentile(durations, 95),

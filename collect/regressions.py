@@ -33,6 +33,7 @@ DEFAULT_THRESHOLDS = (
     Threshold("success_rate", "compaction success rate", -1, 0.10, False),
     Threshold("pages_migrated", "pages migrated", -1, 0.25, True),
     Threshold("lost_events", "lost events", +1, 0, False),
+    Threshold("orphan_exits", "orphan exits (entries lost)", +1, 0, False),
 )
 
 
