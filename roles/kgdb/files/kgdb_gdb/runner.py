@@ -1,0 +1,415 @@
+"""The session runner, executed inside ``gdb -batch``.
+
+Order matters for the guest's safety: everything that can be refused (session, symbols, banner, breakpoint
+locations, KGDB/ftrace clashes) is checked against the vmlinux file *before* connecting, so a bad session never
+stops the guest. Once connected, every exit path deletes the breakpoints and detaches, which resumes the guest
+(QEMU's gdbstub and KGDB both continue on detach). gdb's own `quit` on a `target remote` could send a kill
+packet, which makes QEMU exit: never quit while attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import struct
+import threading
+import time
+
+import gdb
+
+from . import schema
+from .values import fields, to_json
+
+# Debian's DWARF names assembler files by absolute build path; C files are relative to the tree.
+BUILD_PREFIX = re.compile(r"^/.*?/linux-[^/]+/")
+
+# Exit codes, shared with the CLI and the role.
+RC_OK, RC_REFUSED, RC_NO_HITS, RC_ERROR, RC_UNREACHABLE = 0, 2, 3, 4, 5
+
+
+class Refused(Exception):
+    """Refused with a reason naming the fix (before connecting, except the live banner check)."""
+
+
+class Unreachable(Exception):
+    """The debug transport could not be connected."""
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+
+def _ev(expr: str):
+    return gdb.parse_and_eval(expr)
+
+
+class Session:
+    def __init__(self, args: dict):
+        self.args = args
+        self.record = {
+            "schema": 1,
+            "session": None,
+            "vmlinux": args["vmlinux"],
+            "transport": args["transport"],
+            "target": args["target"],
+            "guest_banner": None,
+            "vmlinux_banner": None,
+            "started": _utc(time.time()),
+            "armed": None,
+            "finished": None,
+            "status": "error",
+            "message": "",
+            "released": False,
+            "hits": [],
+        }
+        self.connected = False
+        self.running = False
+        self.deadline_hit = threading.Event()
+        self.last_stop = None
+        self.bps: list[tuple[gdb.Breakpoint, dict]] = []
+        self.counts: dict[int, int] = {}
+
+    # -- output ---------------------------------------------------------------------------------------------
+    def write(self):
+        out = self.args["out"]
+        tmp = out + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.record, fh, indent=1, default=str)
+        os.replace(tmp, out)
+
+    def state(self, phase: str):
+        """One line for whoever waits on us (the role starts the guest-side trigger on `armed`)."""
+        if self.args.get("state_file"):
+            with open(self.args["state_file"], "w") as fh:
+                fh.write(f"{phase} {_utc(time.time())}\n")
+
+    # -- before attach --------------------------------------------------------------------------------------
+    def load(self):
+        try:
+            self.session = schema.normalize(self.args["session"])
+        except schema.SessionError as exc:
+            raise Refused(str(exc)) from None
+        self.record["session"] = self.session
+        for cmd in ("set pagination off", "set confirm off", "set breakpoint pending off", "set print pretty off"):
+            gdb.execute(cmd)
+        for old, new in self.args.get("substitute_paths", []):
+            gdb.execute(f"set substitute-path {old} {new}")
+        try:
+            gdb.execute(f"file {self.args['vmlinux']}", to_string=True)
+            banner = _ev("(const char *)&linux_banner").string()
+        except gdb.error as exc:
+            raise Refused(f"cannot read linux_banner from {self.args['vmlinux']}: {exc} (is it a vmlinux?)") from None
+        self.record["vmlinux_banner"] = banner.strip()
+        guest = self.args.get("guest_banner")
+        if guest is None:
+            raise Refused("no guest banner given: the role passes the guest's /proc/version (--guest-banner-file)")
+        self.record["guest_banner"] = guest.strip()
+        why = schema.banner_mismatch(guest, banner)
+        if why:
+            raise Refused(why)
+        for spec in self.session["breakpoints"]:
+            try:
+                bp = gdb.Breakpoint(spec["location"], internal=False)
+            except (gdb.error, RuntimeError) as exc:
+                raise Refused(f"breakpoint {spec['location']!r}: {exc}") from None
+            if bp.pending or not bp.locations:
+                name = os.path.basename(self.args["vmlinux"])
+                raise Refused(
+                    f"breakpoint {spec['location']!r}: no such function or source line in {name}. Check it with: "
+                    f"gdb -batch -ex 'info functions ^{spec['location'].split(':')[0]}$' {self.args['vmlinux']}"
+                )
+            if spec["condition"]:
+                try:
+                    bp.condition = spec["condition"]
+                except gdb.error as exc:
+                    raise Refused(
+                        f"breakpoint {spec['location']!r}: bad condition {spec['condition']!r}: {exc}"
+                    ) from None
+            self.bps.append((bp, spec))
+            self.counts[bp.number] = 0
+        if self.args["transport"] == "kgdb":
+            self.refuse_ftrace_sites()
+
+    def refuse_ftrace_sites(self):
+        """KGDB plants int3 in guest text; on an ftrace patch site (__mcount_loc) ftrace later finds the int3
+        instead of its nop/call and the guest hangs (measured). The gdbstub does not patch memory: no clash."""
+        try:
+            start = int(_ev("(unsigned long)&__start_mcount_loc"))
+            stop = int(_ev("(unsigned long)&__stop_mcount_loc"))
+        except gdb.error:
+            return  # kernel without ftrace sites: nothing to clash with
+        raw = bytes(gdb.selected_inferior().read_memory(start, stop - start))
+        sites = set(struct.unpack(f"<{len(raw) // 8}Q", raw))
+        for bp, spec in self.bps:
+            for loc in bp.locations:
+                if any(loc.address - off in sites for off in range(5)):  # a 5-byte call/nop at the site
+                    raise Refused(
+                        f"breakpoint {spec['location']!r} at {loc.address:#x} sits on an ftrace patch site: a KGDB "
+                        "software breakpoint there hangs the guest as soon as ftrace touches the function. Use "
+                        "kgdb_transport: gdbstub, or a file:line breakpoint inside the function body."
+                    )
+
+    # -- attached -------------------------------------------------------------------------------------------
+    def connect(self):
+        gdb.execute("set remotetimeout 10")
+        # KGDB answers only once sysrq-g (sent by the role just before) has the kernel in the debugger.
+        attempts = 10 if self.args["transport"] == "kgdb" else 1
+        for attempt in range(attempts):
+            try:
+                gdb.execute(f"target remote {self.args['target']}", to_string=True)
+                break
+            except gdb.error as exc:
+                if attempt + 1 < attempts:
+                    time.sleep(1)
+                    continue
+                raise Unreachable(
+                    f"cannot connect to {self.args['transport']} at {self.args['target']}: {exc}. Is the guest "
+                    "running with its gdb port (lab_gdb_port) or KGDB serial (lab_kgdb_port), no other gdb attached?"
+                ) from None
+        self.connected = True
+        # The live banner at the vmlinux's address proves the symbols line up with this guest's memory
+        # (catches a KASLR-randomised guest or a port pointing at another guest).
+        size = len(self.record["vmlinux_banner"]) + 1
+        live = _ev("(const char *)&linux_banner").string(length=size, errors="replace")
+        if live.strip() != self.record["vmlinux_banner"]:
+            raise Refused(
+                "guest memory at &linux_banner does not hold the vmlinux banner (KASLR on? boot the guest with "
+                f"nokaslr) — read {live.strip()[:80]!r}"
+            )
+
+    def on_stop(self, event):
+        self.last_stop = event
+
+    def watchdog(self):
+        self.deadline_hit.set()
+        gdb.post_event(lambda: gdb.execute("interrupt") if self.running else None)
+
+    def run(self):
+        gdb.events.stop.connect(self.on_stop)
+        deadline = self.session["deadline_s"]
+        timer = threading.Timer(deadline, self.watchdog)
+        timer.daemon = True
+        self.record["armed"] = _utc(time.time())
+        self.state("armed")
+        timer.start()
+        try:
+            while not self.deadline_hit.is_set():
+                self.last_stop = None
+                self.running = True
+                gdb.execute("continue", to_string=True)
+                self.running = False
+                event = self.last_stop
+                if isinstance(event, gdb.BreakpointEvent):
+                    for bp in event.breakpoints:
+                        self.capture(bp)
+                    if self.done():
+                        break
+                elif not self.deadline_hit.is_set():
+                    raise RuntimeError(f"guest stopped unexpectedly: {getattr(event, 'stop_signal', event)}")
+        finally:
+            timer.cancel()
+            self.running = False
+        hits = self.record["hits"]
+        if not hits:
+            locs = ", ".join(s["location"] for _, s in self.bps)
+            self.record["status"] = "no_hits"
+            trig = self.session["trigger"]
+            ran = f"after trigger {trig['command']!r}" if trig else "without a trigger"
+            self.record["message"] = (
+                f"no breakpoint hit within deadline_s={deadline} ({locs}) {ran}; "
+                "the guest was released and keeps running"
+            )
+            return RC_NO_HITS
+        self.record["status"] = "ok"
+        why = "deadline" if self.deadline_hit.is_set() else "hit limits reached"
+        self.record["message"] = f"{len(hits)} hit(s) captured; stopped on {why}"
+        return RC_OK
+
+    def done(self) -> bool:
+        total = self.session["max_hits"]
+        if total and len(self.record["hits"]) >= total:
+            return True
+        return all(spec["max_hits"] and self.counts[bp.number] >= spec["max_hits"] for bp, spec in self.bps)
+
+    # -- capture --------------------------------------------------------------------------------------------
+    def capture(self, bp):
+        spec = next((s for b, s in self.bps if b.number == bp.number), None)
+        if spec is None or (spec["max_hits"] and self.counts[bp.number] >= spec["max_hits"]):
+            return
+        self.counts[bp.number] += 1
+        if spec["max_hits"] and self.counts[bp.number] >= spec["max_hits"]:
+            bp.enabled = False
+        now = time.time()
+        cap = spec["capture"]
+        frame0 = gdb.newest_frame()
+        hit = {
+            "n": len(self.record["hits"]) + 1,
+            "breakpoint": spec["location"],
+            "hit_of_breakpoint": self.counts[bp.number],
+            "time": _utc(now),
+            "epoch": now,
+            "thread": gdb.selected_thread().num,
+            "task": self.current_task(),
+            "jiffies": self.safe_int("jiffies_64"),
+            "frames": self.frames(frame0, cap["backtrace"]) if cap["backtrace"] else [],
+            "values": {},
+        }
+        if cap["locals"]:
+            hit["locals"] = self.locals(frame0)
+        for expr in cap["expressions"]:
+            try:
+                hit["values"][expr] = to_json(_ev(expr), depth=2)
+            except gdb.error as exc:
+                hit["values"][expr] = f"<error: {exc}>"
+        if cap["compact_control"]:
+            hit["compact_control"] = self.compact_control(frame0, cap["compact_control"])
+        self.record["hits"].append(hit)
+        self.write()
+
+    @staticmethod
+    def safe_int(expr):
+        try:
+            return int(_ev(expr))
+        except gdb.error:
+            return None
+
+    def current_task(self):
+        """pid/comm of the task that hit, for joining with ftrace lines (which carry pid and comm)."""
+        arch = gdb.newest_frame().architecture().name()
+        exprs = {
+            "i386:x86-64": "*(struct task_struct **)($gs_base + (unsigned long)&current_task)",
+            "aarch64": "(struct task_struct *)$sp_el0",
+        }
+        try:
+            task = _ev(exprs[arch])
+            return {"pid": int(task["pid"]), "comm": task["comm"].string(errors="replace").split("\0", 1)[0]}
+        except (KeyError, gdb.error, gdb.MemoryError) as exc:
+            return {"error": f"current task not readable on {arch}: {exc}"}
+
+    @staticmethod
+    def _function_block(frame):
+        block = frame.block()
+        while block is not None and block.function is None:
+            block = block.superblock
+        return block
+
+    def frames(self, frame, limit):
+        out = []
+        # Past the entry code (entry_SYSCALL_64, irq entries) the unwinder walks user/garbage stack: stop at the
+        # first frame without a symbol.
+        while frame is not None and len(out) < limit and frame.name():
+            sal = frame.find_sal()
+            entry = {
+                "level": len(out),
+                "function": frame.name(),
+                "file": BUILD_PREFIX.sub("", sal.symtab.filename) if sal.symtab else None,
+                "line": sal.line or None,
+                "pc": f"{frame.pc():#x}",
+                "inlined": frame.type() == gdb.INLINE_FRAME,
+                "args": {},
+            }
+            try:
+                block = self._function_block(frame)
+                for sym in block or []:
+                    if sym.is_argument:
+                        entry["args"][sym.name] = to_json(frame.read_var(sym), depth=0)
+            except RuntimeError:  # no debug info for this frame (entry code, asm)
+                pass
+            out.append(entry)
+            frame = frame.older()
+        return out
+
+    def locals(self, frame):
+        out = {}
+        try:
+            block = frame.block()
+        except RuntimeError:
+            return out
+        while block is not None:
+            for sym in block:
+                if (sym.is_variable or sym.is_constant) and not sym.is_argument and sym.name not in out:
+                    out[sym.name] = to_json(frame.read_var(sym, block), depth=1)
+            if block.function is not None:
+                break
+            block = block.superblock
+        return out
+
+    def compact_control(self, frame, how):
+        """`struct compact_control` fields plus the zone's name/node and order/mode in plain words."""
+        cc = None
+        if how == "auto":
+            f = frame
+            while f is not None and cc is None:
+                try:
+                    for sym in self._function_block(f) or []:
+                        if sym.is_argument and str(sym.type.strip_typedefs()) == "struct compact_control *":
+                            cc, found_in = f.read_var(sym), f"{f.name()}:{sym.name}"
+                            break
+                except RuntimeError:
+                    pass
+                f = f.older()
+            if cc is None:
+                return {"error": "no struct compact_control * argument in the stack"}
+        else:
+            try:
+                cc, found_in = _ev(how), how
+            except gdb.error as exc:
+                return {"error": f"{how}: {exc}"}
+        try:
+            c = cc.dereference()
+            zone = c["zone"]
+            summary = {
+                "from": found_in,
+                "address": f"{int(cc):#x}",
+                "zone": zone["name"].string() if int(zone) else None,
+                "node": int(zone["zone_pgdat"]["node_id"]) if int(zone) else None,
+                "order": int(c["order"]),
+                "mode": str(c["mode"]),
+                "fields": fields(c, 0),
+            }
+        except (gdb.error, gdb.MemoryError) as exc:
+            return {"error": f"reading compact_control at {found_in}: {exc}"}
+        return summary
+
+    # -- always ---------------------------------------------------------------------------------------------
+    def release(self):
+        """Delete our breakpoints and detach: the guest runs on. Safe to call in any state."""
+        for bp, _ in self.bps:
+            with contextlib.suppress(gdb.error, RuntimeError):
+                bp.delete()
+        if self.connected:
+            try:
+                gdb.execute("detach", to_string=True)
+                self.record["released"] = True
+            except gdb.error as exc:
+                self.record["message"] += f" | detach failed: {exc} (run the role's release step)"
+            self.connected = False
+
+
+def main(args: dict) -> int:
+    s = Session(args)
+    rc = RC_ERROR
+    try:
+        s.load()
+        if args.get("preflight"):
+            s.record.update(status="preflight_ok", message="session, symbols and breakpoints accepted")
+            return RC_OK
+        s.connect()
+        rc = s.run()
+    except Refused as exc:
+        s.record.update(status="refused", message=str(exc))
+        rc = RC_REFUSED
+    except Unreachable as exc:
+        s.record.update(status="unreachable", message=str(exc))
+        rc = RC_UNREACHABLE
+    except (gdb.error, RuntimeError, KeyboardInterrupt) as exc:
+        s.record.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        rc = RC_ERROR
+    finally:
+        s.release()
+        s.record["finished"] = _utc(time.time())
+        s.write()
+        s.state(f"finished {s.record['status']}")
+    return rc
