@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = [
     "collect.compare",
     "collect.report",
     "collect.perfetto",
+    "collect.fleet_cli",
 ]
 
 

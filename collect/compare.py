@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from pathlib import Path
 
-from collect import figures, layout, tables
+from collect import figures, layout, regressions, tables
 from collect.summary import host_summary
 
 
@@ -143,10 +144,14 @@ def register(sub):
     p.add_argument("--format", choices=("md", "json"), default="md")
     p.add_argument("--source", choices=("auto", "txt", "dat"), default="auto")
     p.add_argument("--top", type=int, default=20, help="functions shown (by total time)")
+    regressions.add_arguments(p)  # --baseline RUN: regressions of the first run against it (collect/regressions.py)
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args):
     result = compare(args.paths, prefer=args.source, top=args.top)
     print(json.dumps(result, indent=1, default=str) if args.format == "json" else markdown(result))
+    if args.baseline:
+        run_dir = Path(args.paths[0])
+        return regressions.baseline_report(args, run_dir, run_dir.parent)
     return 0

@@ -74,6 +74,9 @@ def test_baseline_flags_the_seeds_lost_entries_and_latency(results):
     proc = _collect("fleet", RUN_B, "--results", results, "--baseline", RUN_A, "--fail-on-regression", check=False)
     assert proc.returncode == 3
     assert "threshold" in proc.stdout and "+25%" in proc.stdout and "REGRESSION" in proc.stdout
+    # collect compare takes the same option (regressions of its first run).
+    cmp = _collect("compare", results / RUN_B, "--baseline", RUN_A, check=False)
+    assert cmp.returncode == 0 and f"Regressions of {RUN_B} against baseline {RUN_A}" in cmp.stdout
     # The same run against itself: nothing flagged; a loosened threshold is printed as given.
     same = _collect("fleet", RUN_A, "--results", results, "--baseline", RUN_A, "--threshold", "latency_p95_us=40%")
     assert "0 regression(s) flagged" in same.stdout and "+40%" in same.stdout
