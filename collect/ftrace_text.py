@@ -18,6 +18,7 @@ task/pid/ts are None when the line does not carry them (function_graph without f
 
 from __future__ import annotations
 
+import os
 import re
 
 # task-pid [cpu] flags ts: rest   (tgid column and flags optional; trace-cmd report prints no flags)
@@ -42,6 +43,9 @@ _ENTRIES = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)\s+#P:(\
 _STARTED = re.compile(r"#+ CPU (\d+) buffer started #+")
 # `trace-cmd report` prefixes every line of an instance buffer with "<instance>:"; padding follows it.
 _TC_BUFFER = re.compile(r"^[\w.-]+: {2,}")
+
+
+TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 
 
 class TraceFormatError(ValueError):
@@ -193,7 +197,8 @@ def open_text(path):
     """Open a text trace for streaming; refuses binary files (e.g. trace.dat passed as text) with the fix."""
     with open(path, "rb") as f:
         head = f.read(4096)
-    if head.startswith(b"\x17\x08\x44tracing"):
+    path = os.path.realpath(path)
+    if head.startswith(TRACE_DAT_MAGIC):
         raise TraceFormatError("%s is a trace-cmd trace.dat: read it with `trace-cmd report` (collect does)" % path)
     if head and head.count(b"\x00") > len(head) // 8:
         raise TraceFormatError("%s is binary, not ftrace text: pass the tracefs `trace` file or a results dir" % path)

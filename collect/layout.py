@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from collect.ftrace_text import TRACE_DAT_MAGIC
 from collect.normalize import OUT_DIR, NormalizeError, normalize_host
 
 RAW_NAMES = ("trace.txt", "trace.dat", "trace.meta.json", "facts_before.json", "scores.jsonl")
@@ -40,7 +41,9 @@ def resolve(path, workdir=None):
         stem = sanitize(os.path.splitext(os.path.basename(path))[0])
         hdir = os.path.join(workdir, stem)
         os.makedirs(hdir, exist_ok=True)
-        name = "trace.dat" if path.endswith(".dat") else "trace.txt"
+        with open(path, "rb") as f:
+            is_dat = f.read(len(TRACE_DAT_MAGIC)) == TRACE_DAT_MAGIC
+        name = "trace.dat" if is_dat else "trace.txt"
         target = os.path.join(hdir, name)
         if not os.path.exists(target):
             os.symlink(path, target)

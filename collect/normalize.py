@@ -140,7 +140,10 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
     header, skips, lost_markers, first_switch = {}, {}, 0, {}
     skip_samples, event_status, irq = [], {}, 0
     fmt_system = {n: f.system for n, f in formats.items()}
-    lines = trace_cmd_lines(path) if source_kind == "dat" else open_text(path)
+    try:
+        lines = trace_cmd_lines(path) if source_kind == "dat" else open_text(path)
+    except TraceFormatError as e:
+        raise NormalizeError(str(e)) from e
     try:
         for rec in lex(lines, trace_cmd=source_kind == "dat"):
             kind = rec[0]
@@ -297,6 +300,10 @@ def normalize_host(host_dir, run, host, prefer="auto", out_dir=None):
         missing.append("no trace.txt or trace.dat: nothing was captured on this host")
         found = None
     else:
+        if os.path.getsize(path) == 0:
+            raise NormalizeError(
+                "%s is empty: the capture wrote nothing (tracing never on, wrong instance, or the copy failed)" % path
+            )
         found = normalize_trace(kind, path, out_dir, run, host, formats, meta)
     if not formats:
         missing.append("no formats/: event fields split generically (fetch events/*/format with the capture)")
@@ -369,6 +376,8 @@ def integrity(meta, found, dat_stats):
             "%d events lost (%s)%s: the ring buffer was too small or overwritten"
             % (lost, origin, " on CPUs " + ",".join(cpus) if cpus else "")
         )
+    if found is not None and not found["calls"] and not found["events"]:
+        why.append("the trace holds no calls and no events: nothing was recorded while tracing was on")
     orphans = (found or {}).get("orphan_exits", 0)
     if orphans:
         why.append("%d closings `} /* fn */` whose entries were lost (overwritten ring buffer)" % orphans)

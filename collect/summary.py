@@ -9,6 +9,7 @@ orphan closings whose entries were lost.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -71,13 +72,18 @@ def host_summary(info, out_dir, raw_dir):
 def write_summary_json(run_dir, run, per_host):
     """results/<run>/summary.json, merged with what is already there (hosts normalize one at a time)."""
     path = os.path.join(run_dir, "summary.json")
-    data = read_json(path, {}) or {}
-    data["run"] = run
-    data.setdefault("hosts", {}).update(per_host)
-    tmp = path + ".tmp.%d" % os.getpid()
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    lock = os.open(run_dir, os.O_RDONLY)  # the run dir itself is the lock: parallel collect_run forks merge
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_json(path, {}) or {}
+        data["run"] = run
+        data.setdefault("hosts", {}).update(per_host)
+        tmp = path + ".tmp.%d" % os.getpid()
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        os.close(lock)
     return path
 
 
