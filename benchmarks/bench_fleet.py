@@ -6,6 +6,9 @@
   report      side-by-side comparison + HTML/Markdown report
   teardown    lab_down.yml (printed, not counted against the goal)
 
+Also printed (not counted): pulling that run back from a guest acting as control node, `collect fetch` (pyinfra)
+against the ansible-core equivalent playbook (tar + fetch + unarchive), side by side — docs/decisions.md.
+
 Phases inside the ansible run are cut at ansible-runner's event timestamps (job_events/*.json), so the split is
 what ansible saw, not a guess. Run: .venv/bin/python benchmarks/bench_fleet.py [--keep-up]
 """
@@ -23,23 +26,61 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from collect.fetch import fetch  # noqa: E402
 from collect.runner import run_experiment  # noqa: E402
 
 HOSTS = "lab-x86,lab-arm,lab-x86-612"
 GOAL_S = 600
 COLLECT_PLAY = "Collect the run and build the comparison report"
+CONTROL, REMOTE = "lab-x86", "/opt/compaction-lab/results"
+# What a playbook needs for the same pull with ansible-core alone (fetch is file-only, no synchronize/archive).
+ANSIBLE_FETCH = """
+- hosts: {host}
+  gather_facts: false
+  tasks:
+    - ansible.builtin.command: tar -czf /tmp/bench-fetch.tgz -C {remote} {run}
+    - ansible.builtin.fetch: {{src: /tmp/bench-fetch.tgz, dest: {dest}/, flat: true}}
+    - ansible.builtin.file: {{path: /tmp/bench-fetch.tgz, state: absent}}
+    - ansible.builtin.unarchive: {{src: {dest}/bench-fetch.tgz, dest: {dest}}}
+      delegate_to: localhost
+"""
 
 
 def playbook(name: str, *args: str) -> float:
     start = time.monotonic()
     subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), f"playbooks/{name}", *args],
+        [str(Path(sys.executable).parent / "ansible-playbook"), str(ROOT / "playbooks" / name), *args],
         cwd=ROOT,
         check=True,
         stdout=subprocess.DEVNULL,
         env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
     )
     return time.monotonic() - start
+
+
+def fetch_side_by_side(run_dir: Path) -> tuple[float, float]:
+    """Put the run on CONTROL as a scheduled run would leave it, then pull it back both ways (seconds)."""
+    playbook_text = f"""
+- hosts: {CONTROL}
+  gather_facts: false
+  tasks:
+    - ansible.builtin.file: {{path: {REMOTE}, state: directory, mode: "0755"}}
+    - ansible.builtin.copy: {{src: {run_dir}, dest: {REMOTE}/, mode: preserve}}
+"""
+    with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
+        (Path(tmp) / "put.yml").write_text(playbook_text)
+        (Path(tmp) / "get.yml").write_text(
+            ANSIBLE_FETCH.format(host=CONTROL, remote=REMOTE, run=run_dir.name, dest=tmp + "/a")
+        )
+        playbook(str(Path(tmp) / "put.yml"))
+        start = time.monotonic()
+        report = fetch(None, CONTROL, Path(tmp) / "p", REMOTE)
+        pyinfra_s = time.monotonic() - start
+        assert report[0].get("fetched") == [run_dir.name], report
+        (Path(tmp) / "a").mkdir()
+        ansible_s = playbook(str(Path(tmp) / "get.yml"))
+        assert (Path(tmp) / "a" / run_dir.name / "summary.json").exists()
+    return pyinfra_s, ansible_s
 
 
 def phase_marks(events_dir: Path) -> dict[str, float]:
@@ -70,6 +111,7 @@ def main() -> int:
         phases["collect"] = m["report"] - m["collect"]
         phases["report"] = m["end"] - m["report"]
         hosts = {h: s["status"] for h, s in outcome.hosts.items()}
+        pyinfra_s, ansible_s = fetch_side_by_side(outcome.run_dir)
     teardown = None if args.keep_up else playbook("lab_down.yml", "-l", HOSTS)
     total = sum(phases.values())
     print(f"fleet comparison on {HOSTS} (hosts: {hosts})")
@@ -77,6 +119,10 @@ def main() -> int:
     for name, secs in phases.items():
         print(f"{name:12} {secs:8.1f} {secs / total:6.0%}")
     print(f"{'total':12} {total:8.1f}   goal {GOAL_S} s  ratio {total / GOAL_S:.2f} (<= 1.0 meets the goal)")
+    print(
+        f"fetch one run from {CONTROL}: collect fetch (pyinfra) {pyinfra_s:.1f} s, ansible-core playbook "
+        f"{ansible_s:.1f} s, ratio {pyinfra_s / ansible_s:.2f}"
+    )
     if teardown is not None:
         print(f"{'teardown':12} {teardown:8.1f}   (not counted)")
     return 0 if all(s == "ok" for s in hosts.values()) else 1
