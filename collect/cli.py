@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = [
     "collect.report",
     "collect.perfetto",
     "collect.fleet_cli",
+    "collect.gdb_stacks",
 ]
 
 

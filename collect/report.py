@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from collect import compare as compare_mod
-from collect import tables
+from collect import gdb_stacks, tables
 
 TREE_LINES = 40
 
@@ -193,6 +193,7 @@ def render(paths, out_dir, prefer="auto"):
             parts.append("<img alt='score %s' src='%s'>" % (e(label), score_plot(con, h.host, h.run, s["score"])))
             parts.append("<img alt='top functions %s' src='%s'>" % (e(label), top_functions(con, h.host, h.run)))
             parts.append("<h3>Top call tree</h3><pre>%s</pre>" % e(call_tree(con, h.host, h.run)))
+            parts.append(gdb_stacks.html_section(h.raw_dir, con, h.host, h.run))
         con.close()
     parts.append("</body></html>")
     os.makedirs(out_dir, exist_ok=True)
