@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# The QEMU lab session fixture `lab` (tests/lab_fixtures.py).
+pytest_plugins = ["lab_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def is_root():
