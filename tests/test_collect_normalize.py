@@ -17,7 +17,7 @@ import pytest
 from collect import summary as summary_mod
 from collect.normalize import NormalizeError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "tests/fixtures/seed/trace.txt"
 HOST = ROOT / "tests/fixtures/host-6.18"
 
