@@ -235,12 +235,19 @@ def qmp_powerdown(paths):
         return False
 
 
+def alive(pid):
+    """Running, not a zombie: a daemonized QEMU's parent is whatever init this host has, which may never reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_exit(pid, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             return True
         time.sleep(0.5)
     return False
