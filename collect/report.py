@@ -10,6 +10,7 @@ import os
 import tempfile
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -91,22 +92,27 @@ def score_plot(con, host, run, score):
 
 def latency_hist(con, labels_hosts):
     fig, ax = plt.subplots(figsize=(10, 3))
-    any_data = False
+    data = {}
     for label, h in labels_hosts:
         d = [
             r[0]
             for r in con.execute(
-                "SELECT duration_us FROM compactions WHERE host=? AND run=? AND duration_us IS NOT NULL",
+                "SELECT duration_us FROM compactions WHERE host=? AND run=? AND duration_us > 0",
                 [h.host, h.run],
             ).fetchall()
         ]
         if d:
-            any_data = True
-            ax.hist(d, bins=30, alpha=0.6, label="%s (%d)" % (label, len(d)))
-    if not any_data:
+            data[label] = d
+    if not data:
         _empty(ax, "no compaction durations measured")
         return _png(fig)
-    ax.set_xlabel("compaction duration per zone (µs)")
+    # Latencies span µs (an empty DMA zone) to seconds: log-spaced bins shared by all hosts.
+    lo, hi = min(min(d) for d in data.values()), max(max(d) for d in data.values())
+    bins = np.logspace(np.log10(lo) - 0.1, np.log10(hi) + 0.1, 30)
+    for label, d in data.items():
+        ax.hist(d, bins=bins, alpha=0.6, label="%s (%d)" % (label, len(d)))
+    ax.set_xscale("log")
+    ax.set_xlabel("compaction duration per zone (µs, log)")
     ax.set_ylabel("compactions")
     ax.legend(fontsize=7)
     ax.set_title("compaction latency")
@@ -183,8 +189,8 @@ def render(paths, out_dir, prefer="auto"):
         for label, h, s in hosts:
             e = html.escape
             parts.append(
-                "<h2>%s</h2><p>kernel %s, %s, tracer %s</p>"
-                % (e(label), e(str(s["kernel"])), e(str(s["arch"])), e(str(s["tracer"])))
+                "<h2>%s</h2><p>kernel %s, arch %s, tracer %s</p>"
+                % (e(label), e(s["kernel"] or "unknown"), e(s["arch"] or "unknown"), e(s["tracer"] or "unknown"))
             )
             for w in s["integrity"].get("why", []):
                 parts.append("<p class='warn'>⚠ %s</p>" % e(w))
