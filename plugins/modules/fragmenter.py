@@ -126,8 +126,16 @@ ready:
   description: The program's ready record (pages, page_size, allocated_kb, alloc_seconds, pfn_source, oom_score_adj).
   type: dict
   returned: success
+compacted_while_spreading:
+  description: >-
+    Pages were migrated during a step (kcompactd started once the score passed wmark_high mid-step), so spreading
+    stopped: the score read after the step is already lowered by compaction; the sampler has the peak.
+  type: bool
+  returned: when it happened
 steps:
-  description: One record per step (order, held_pages, freed_pages, madvise_calls, seconds, t, scores per node).
+  description: >-
+    One record per step (order, held_pages, freed_pages, madvise_calls, seconds, t, scores per node,
+    compaction_delta = compact_*/pgmigrate_success counters that moved since the start).
   type: list
   elements: dict
   returned: success
@@ -148,7 +156,9 @@ from ansible.module_utils.fragmentation import (
     hpage_order,
     node_scores,
     parse_buddyinfo,
+    parse_vmstat,
     parse_zoneinfo,
+    vmstat_delta,
     watermarks,
 )
 
@@ -163,6 +173,10 @@ def meminfo_kb(key):
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise ValueError("%s missing from /proc/meminfo" % key)
+
+
+def compaction_counters():
+    return parse_vmstat(read("/proc/vmstat"), ("compact_", "pgmigrate_success"))
 
 
 def live_scores(order):
@@ -275,17 +289,29 @@ def main():
             module.fail_json(msg="fragmenter: %s" % ready.get("msg", ready), **result)
         result.update(changed=True, ready=ready, steps=[], seconds_to_target=None)
         peak = max(live_scores(order).values())
+        counters = compaction_counters()
         for k in range(min_order, max_order + 1):
             step = prog.command("spread %d" % k)
             if step["event"] != "spread":
                 module.fail_json(msg="fragmenter: %s" % step.get("msg", step), **result)
             time.sleep(p["settle_ms"] / 1000.0)
             scores = live_scores(order)
-            step.update(t=round(time.monotonic() - t0, 3), scores={str(n): s for n, s in scores.items()})
+            delta = vmstat_delta(counters, compaction_counters())
+            step.update(
+                t=round(time.monotonic() - t0, 3),
+                scores={str(n): s for n, s in scores.items()},
+                compaction_delta={k: v for k, v in delta.items() if v},
+            )
             result["steps"].append(step)
             peak = max(peak, *scores.values())
             if max(scores.values()) >= target:
                 result["seconds_to_target"] = step["t"]
+                break
+            # Pages migrated while spreading: compaction (kcompactd, once the score passed wmark_high mid-step)
+            # is already undoing the pattern and has moved held pages, so the PFNs the next step would use are
+            # stale. Stop here; the sampler saw the peak.
+            if delta.get("pgmigrate_success"):
+                result["compacted_while_spreading"] = True
                 break
         if p["thp_mb"] > 0:
             result["thp"] = prog.command("thp %d" % p["thp_mb"])

@@ -276,9 +276,9 @@ int main(int argc, char **argv)
 	qsort(pages, npages, sizeof(*pages), by_pfn);
 
 	printf("{\"event\":\"ready\",\"pages\":%zu,\"page_size\":%ld,\"allocated_kb\":%zu,"
-	       "\"mem_available_kb\":%ld,\"floor_kb\":%ld,\"alloc_seconds\":%.3f,"
+	       "\"mem_available_kb\":%ld,\"floor_kb\":%ld,\"alloc_seconds\":%.3f,\"setup_seconds\":%.3f,"
 	       "\"pfn_source\":\"%s\",\"oom_score_adj\":%s,\"pid\":%d}\n",
-	       npages, page_size, touched / 1024, mem_available_kb(), floor_kb, t_alloc,
+	       npages, page_size, touched / 1024, mem_available_kb(), floor_kb, t_alloc, now() - t0 - t_alloc,
 	       have_pfn ? "pagemap" : "virtual", oom_ok ? "1000" : "null", getpid());
 
 	char line[64];
