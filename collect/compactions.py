@@ -91,6 +91,25 @@ class CompactionPairer:
         self.begins = 0
         self.ends_without_begin = 0
 
+    WANTS = frozenset(
+        (
+            "mm_compaction_begin",
+            "mm_compaction_end",
+            "mm_compaction_finished",
+            "mm_compaction_suitable",
+            "mm_compaction_try_to_compact_pages",
+            "mm_compaction_kcompactd_wake",
+            "mm_compaction_kcompactd_sleep",
+        )
+    )
+
+    def wants(self, name, pid):
+        """finished/suitable fire every pass: only the first one of an open compaction names its zone."""
+        if name in ("mm_compaction_finished", "mm_compaction_suitable"):
+            o = self.open.get(pid)
+            return o is not None and o["zone"] is None
+        return True
+
     def on_close(self, frame, dur, _status):
         if _base(frame.fn) == "compact_zone":
             self.frame_dur[frame.id] = dur

@@ -22,7 +22,7 @@ _INT64_MAX = (1 << 63) - 1
 class EventFormat:
     """One event's format file: the printed keys in order, and which of them print as hex."""
 
-    __slots__ = ("fields", "hex_keys", "keys", "name", "system")
+    __slots__ = ("fields", "hex_keys", "keys", "name", "range_keys", "system")
 
     def __init__(self, system, name, text):
         self.system, self.name = system, name
@@ -31,10 +31,13 @@ class EventFormat:
         # key=%lx / key=0x%lx / key=%p print as hex; the rest as written.
         self.keys = []
         self.hex_keys = set()
-        for km in re.finditer(r"(\w+)=\(?(0x)?%(?:[-0-9.]*)(l{0,2}[xXpdiusc]|[a-z]+)", fmt):
+        self.range_keys = set()  # key=(0x%lx ~ 0x%lx): one printed value, two pfns
+        for km in re.finditer(r"(\w+)=(\()?(0x)?%(?:[-0-9.]*)(l{0,2}[xXpdiusc]|[a-z]+)( ~ )?", fmt):
             self.keys.append(km.group(1))
-            if km.group(2) or km.group(3).endswith(("x", "X", "p")):
+            if km.group(3) or km.group(4).endswith(("x", "X", "p")):
                 self.hex_keys.add(km.group(1))
+            if km.group(2) and km.group(5):
+                self.range_keys.add(km.group(1))
         self.fields = {
             f.group("decl").split()[-1].split("[")[0]: f.group("decl").rsplit(" ", 1)[0].strip()
             for f in _FIELD.finditer(text)
@@ -109,3 +112,88 @@ def parse_fields(name, body, formats):
             strs[k] = val if isinstance(val, str) else v.strip().rstrip(",")
     status = ("no_format" if raw else "unparsed") if fmt is None else "ok" if len(raw) == len(fmt.keys) else "mismatch"
     return ints, strs, status
+
+
+def _q(text):
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _int_expr(v, hex_key):
+    if hex_key:  # printed with %lx, with or without 0x: DuckDB casts '0x…' strings; > int64 stays text
+        return "TRY_CAST(CASE WHEN %s LIKE '0x%%' THEN %s ELSE '0x' || %s END AS BIGINT)" % (v, v, v)
+    return "TRY_CAST(%s AS BIGINT)" % v
+
+
+def _pattern(fmt):
+    return "^\\s*" + ",?\\s+".join(re.escape(k) + "=(.*?)" for k in fmt.keys) + ",?\\s*$"
+
+
+def _typed_branch(fmt):
+    """SELECT for one event: split the body with the format's keys in print order, type each value."""
+    pattern = _pattern(fmt)
+    ints, strs = [], []
+    for k in fmt.keys:
+        v = "trim(s.%s)" % _ident(k)
+        if k in fmt.range_keys:
+            for i, suffix in ((1, "_start"), (2, "_end")):
+                part = "regexp_extract(%s, '^\\((\\S+) ~ (\\S+)\\)$', %d)" % (v, i)
+                ints.append("{'key': %s, 'value': %s}" % (_q(k + suffix), _int_expr(part, True)))
+            continue
+        iv = _int_expr(v, k in fmt.hex_keys)
+        ints.append("{'key': %s, 'value': %s}" % (_q(k), iv))
+        strs.append("{'key': %s, 'value': CASE WHEN %s IS NULL THEN %s END}" % (_q(k), iv, v))
+    keys_list = "[" + ", ".join(_q(k) for k in fmt.keys) + "]"
+    return (
+        "SELECT run, host, seq, ts, cpu, task, pid, event, %s AS system, %s AS fields_int, %s AS fields_str, "
+        "'ok' AS parse_status, NULL AS body "
+        "FROM (SELECT *, regexp_extract(body, %s, %s) AS s FROM t WHERE event = %s AND ok)"
+        % (_q(fmt.system), _map(ints), _map(strs), _q(pattern), keys_list, _q(fmt.name))
+    )
+
+
+def _ident(k):
+    return '"%s"' % k.replace('"', '""')
+
+
+def _map(entries):
+    if not entries:
+        return "MAP {}"
+    return "map_from_entries(list_filter([%s], lambda e: e.value IS NOT NULL))" % ", ".join(entries)
+
+
+# Events without a usable format: key=value pairs split on whitespace/commas (a parenthesised value kept whole).
+_GENERIC = (
+    "SELECT run, host, seq, ts, cpu, task, pid, event, NULL AS system, "
+    "map_from_entries(list_filter(list_transform(range(1, len(ks) + 1), "
+    "lambda i: {'key': ks[i], 'value': TRY_CAST(vs[i] AS BIGINT)}), lambda e: e.value IS NOT NULL)) AS fields_int, "
+    "map_from_entries(list_filter(list_transform(range(1, len(ks) + 1), "
+    "lambda i: {'key': ks[i], 'value': CASE WHEN TRY_CAST(vs[i] AS BIGINT) IS NULL THEN vs[i] END}), "
+    "lambda e: e.value IS NOT NULL)) AS fields_str, "
+    "CASE WHEN event = 'print' THEN 'print' WHEN len(ks) = 0 THEN 'unparsed' WHEN %s THEN 'mismatch' "
+    "WHEN %s THEN 'unknown_event' ELSE 'no_format' END AS parse_status, body "
+    "FROM (SELECT *, regexp_extract_all(body, '(\\w+)=(\\([^)]*\\)|[^\\s,]+)', 1) AS ks, "
+    "regexp_extract_all(body, '(\\w+)=(\\([^)]*\\)|[^\\s,]+)', 2) AS vs FROM t WHERE NOT ok)"
+)
+
+
+def typed_events_sql(formats):
+    """(setup, query) typing every event of the `raw` relation: the format's split where it matches the body, the
+    generic split (status mismatch / no_format / unknown_event) where it does not."""
+    typed = [f for f in formats.values() if f.keys]
+    branches = [_typed_branch(f) for f in typed]
+    known = "(" + ", ".join(_q(f.name) for f in typed) + ")" if typed else "('')"
+    # Does the body match its format? Decided once per row (materialised as t), then every branch filters on it.
+    ok = (
+        "CASE event %s ELSE false END"
+        % " ".join("WHEN %s THEN regexp_full_match(body, %s)" % (_q(f.name), _q(_pattern(f))) for f in typed)
+        if typed
+        else "false"
+    )
+    unknown = "%s AND event NOT IN %s" % ("true" if formats else "false", known)
+    branches.append(_GENERIC % ("event IN %s" % known, unknown))
+    return (
+        "CREATE TEMP TABLE t AS SELECT *, %s AS ok FROM raw" % ok,
+        "SELECT run, host, seq, ts, cpu, task, pid, event, system::VARCHAR AS system, "
+        "fields_int::MAP(VARCHAR, BIGINT) AS fields_int, fields_str::MAP(VARCHAR, VARCHAR) AS fields_str, "
+        "parse_status, body::VARCHAR AS body FROM (%s)" % " UNION ALL ".join(branches),
+    )

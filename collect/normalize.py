@@ -125,7 +125,10 @@ def pick_source(host_dir, prefer="auto"):
 def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
     """Stream one trace into calls/events/switches/compactions; returns the integrity facts found in it."""
     os.makedirs(out_dir, exist_ok=True)
-    w = {n: tables.TableWriter(os.path.join(out_dir, n + ".parquet"), n, run, host) for n in ("events", "switches")}
+    w = {
+        "events": tables.TableWriter(os.path.join(out_dir, "events.raw.parquet"), "events_raw", run, host),
+        "switches": tables.TableWriter(os.path.join(out_dir, "switches.parquet"), "switches", run, host),
+    }
     raw_calls = os.path.join(out_dir, "calls.raw.parquet")
     calls_w = tables.TableWriter(raw_calls, "calls", run, host)
     comp_rows = []
@@ -138,8 +141,7 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
 
     graph = CallGraph(calls_w.append, on_close)
     header, skips, lost_markers, first_switch = {}, {}, 0, {}
-    skip_samples, event_status, irq = [], {}, 0
-    fmt_system = {n: f.system for n, f in formats.items()}
+    skip_samples, irq = [], 0
     try:
         lines = trace_cmd_lines(path) if source_kind == "dat" else open_text(path)
     except TraceFormatError as e:
@@ -152,37 +154,15 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
                 graph.feed(seq, cpu, task, pid, ts, depth, op, fn, dur)
             elif kind == "event":
                 _, seq, cpu, task, pid, ts, name, body = rec
-                ints, strs, status = parse_fields(name, body, formats)
-                if formats and name not in formats and name != "print":
-                    status = "unknown_event"
-                event_status[status] = event_status.get(status, 0) + 1
-                key, task2, pid2 = graph.key_for(cpu, task, pid)
-                stack = graph.stacks.get(key, ())
-                pairer.event(
-                    cpu,
-                    task2,
-                    pid2 if pid2 is not None else -1 - cpu,
-                    ts,
-                    name,
-                    ints,
-                    strs,
-                    [f for f in stack if f is not None and f.fn],
-                )
-                w["events"].append(
-                    (
-                        seq,
-                        ts,
-                        cpu,
-                        task2,
-                        pid2,
-                        name,
-                        fmt_system.get(name),
-                        list(ints.items()),
-                        list(strs.items()),
-                        status,
-                        None if status == "ok" else body,
-                    )
-                )
+                key, task, pid = graph.key_for(cpu, task, pid)
+                # Only the events that pair compactions are typed here; all of them are typed in bulk by DuckDB
+                # (tables.finalize_events) from the raw body, which is what keeps this loop fast.
+                if name in pairer.WANTS and pairer.wants(name, pid if pid is not None else -1 - cpu):
+                    ints, strs, _ = parse_fields(name, body, formats)
+                    stack = graph.stacks.get(key, ())
+                    frames = [f for f in stack if f is not None and f.fn]
+                    pairer.event(cpu, task, pid if pid is not None else -1 - cpu, ts, name, ints, strs, frames)
+                w["events"].append((seq, ts, cpu, task, pid, name, body))
             elif kind == "func":
                 _, seq, cpu, task, pid, ts, fn, parent = rec
                 calls_w.append(
@@ -221,6 +201,9 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
     for x in w.values():
         x.close()
     tables.finalize_calls(raw_calls, os.path.join(out_dir, "calls.parquet"), first_switch)
+    event_status = tables.finalize_events(
+        os.path.join(out_dir, "events.raw.parquet"), os.path.join(out_dir, "events.parquet"), formats
+    )
     if pairer.begins == 0 and pairer.ends_without_begin == 0:
         for row in zone_calls.rows():
             row = list(row)

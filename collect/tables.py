@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from collect.callgraph import CALL_COLUMNS
 from collect.compactions import COMPACTION_COLUMNS
+from collect.events import typed_events_sql
 
 S, I32, I64, F64, B = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
 KEY = [("run", S), ("host", S)]
@@ -72,6 +73,10 @@ SCHEMAS = {
             ("body", S),
         ]
     ),
+    # events as streamed, fields still in the printed body: finalize_events types them in bulk
+    "events_raw": pa.schema(
+        [*KEY, ("seq", I64), ("ts", F64), ("cpu", I32), ("task", S), ("pid", I32), ("event", S), ("body", S)]
+    ),
     "switches": pa.schema(
         [*KEY, ("seq", I64), ("cpu", I32), ("prev_task", S), ("prev_pid", I32), ("next_task", S), ("next_pid", I32)]
     ),
@@ -96,7 +101,19 @@ SCHEMAS = {
         ]
     ),
 }
-TABLES = tuple(SCHEMAS)
+TABLES = tuple(n for n in SCHEMAS if n != "events_raw")
+# DuckDB spills to disk beyond this: normalizing stays flat in memory whatever the trace size.
+DUCKDB_SETTINGS = {
+    "memory_limit": "256MB",
+    "threads": 2,
+    "preserve_insertion_order": False,
+}
+
+
+def duck():
+    con = duckdb.connect(config=dict(DUCKDB_SETTINGS))
+    con.execute("SET enable_progress_bar = false")  # it would print to the terminal of `collect summary`
+    return con
 
 
 class TableWriter:
@@ -141,7 +158,7 @@ def write_rows(path, name, run, host, rows):
 
 def connect(table_dirs):
     """DuckDB connection with one view per table over every ``<dir>/<table>.parquet`` given."""
-    con = duckdb.connect()
+    con = duck()
     for name in TABLES:
         files = [os.path.join(d, name + ".parquet") for d in table_dirs]
         files = [f for f in files if os.path.exists(f)]
@@ -159,7 +176,7 @@ def connect(table_dirs):
 def finalize_calls(raw_path, out_path, first_switch):
     """Second pass in DuckDB: name each row's parent from the lost frame its closing named, and give rows seen
     before a CPU's first context-switch banner the task that banner switched away from."""
-    con = duckdb.connect()
+    con = duck()
     con.register(
         "fs",
         pa.table(
@@ -181,8 +198,24 @@ def finalize_calls(raw_path, out_path, first_switch):
           FROM read_parquet('{src}') c
           LEFT JOIN (SELECT id, function FROM read_parquet('{src}') WHERE status = 'orphan') p ON p.id = c.parent_id
           LEFT JOIN fs ON fs.cpu = c.cpu
-          ORDER BY c.seq
         ) TO '{out_path.replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)"""
     )
     con.close()
     os.unlink(raw_path)
+
+
+def finalize_events(raw_path, out_path, formats):
+    """Type every event's fields from its format in one vectorised DuckDB pass; returns {parse_status: count}."""
+    con = duck()
+    con.execute("CREATE VIEW raw AS SELECT * FROM read_parquet('%s')" % raw_path.replace("'", "''"))
+    setup, query = typed_events_sql(formats)
+    con.execute(setup)
+    con.execute("COPY (%s) TO '%s' (FORMAT parquet, COMPRESSION zstd)" % (query, out_path.replace("'", "''")))
+    counts = dict(
+        con.execute(
+            "SELECT parse_status, count(*) FROM read_parquet('%s') GROUP BY 1" % out_path.replace("'", "''")
+        ).fetchall()
+    )
+    con.close()
+    os.unlink(raw_path)
+    return counts

@@ -1,0 +1,179 @@
+"""Normalize speed and memory vs `trace-cmd report`, printed side by side (make bench; root, this host's tracefs).
+
+Captures compared (all real; nothing is synthesized field by field):
+  tracepoints  recorded now on this host: compaction + migrate + kmem page alloc/free events in a throwaway tracefs
+               instance until >= 1 M entries, saved as text (`trace`) AND as trace.dat (`trace-cmd extract`) from the
+               same buffer. Compared: `trace-cmd report trace.dat` vs `collect` normalizing trace.txt, and `collect`
+               reading trace.dat (which includes running trace-cmd report).
+  graph        function_graph: this host refuses function tracers, so no trace.dat of a function_graph capture can be
+               recorded here. When a lab fixture tests/fixtures/lab-*/trace.dat exists it is used (trace-cmd report
+               vs collect); otherwise the seed's real x86 function_graph text is replayed (concatenated) to >= 1 M
+               lines and compared against trace-cmd's lines/s on the tracepoint capture, and the output says so.
+Memory: peak RSS of each child (wait4); "flat" compares the peak for a quarter of the input with the full input.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRACEFS = "/sys/kernel/tracing"
+INSTANCE = os.path.join(TRACEFS, "instances", "collect-bench")
+TARGET = 1_000_000
+
+
+def measure(argv, stdout=subprocess.DEVNULL):
+    """(wall seconds, peak RSS MiB) of one child process."""
+    t = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t
+    err = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("%s failed: %s" % (" ".join(argv), err[-800:]))
+    return wall, usage.ru_maxrss / 1024
+
+
+def normalize_cmd(host_dir, source):
+    code = (
+        "import sys; from collect.normalize import normalize_host; "
+        "normalize_host(sys.argv[1], 'bench', 'h', prefer=sys.argv[2], out_dir=sys.argv[3])"
+    )
+    return [sys.executable, "-c", code, host_dir, source, tempfile.mkdtemp(prefix="bench-out-")]
+
+
+def count_lines(path):
+    with open(path, "rb") as f:
+        return sum(1 for line in f if not line.startswith(b"#"))
+
+
+def _write(path, value):
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def entries():
+    total = 0
+    for path in glob.glob(os.path.join(INSTANCE, "per_cpu", "cpu*", "stats")):
+        with open(path) as f:
+            total += int(f.read().split("entries:")[1].split()[0])
+    return total
+
+
+def record_tracepoints(out):
+    """>= TARGET entries of real events in a throwaway instance; the instance is removed whatever happens."""
+    if os.path.exists(INSTANCE):
+        raise SystemExit("%s exists: another benchmark is running (or remove it by hand)" % INSTANCE)
+    os.mkdir(INSTANCE)
+    try:
+        _write(os.path.join(INSTANCE, "buffer_size_kb"), "98304")
+        for ev in ("compaction", "migrate", "kmem/mm_page_alloc", "kmem/mm_page_free"):
+            _write(os.path.join(INSTANCE, "events", ev, "enable"), "1")
+        _write(os.path.join(INSTANCE, "tracing_on"), "1")
+        deadline = time.monotonic() + 120
+        # Page allocations and frees (kmem events) in a child, so this process's peak RSS (inherited by the
+        # measured children through fork) stays small.
+        churn = [sys.executable, "-c", "for _ in range(4): b = [bytearray(64 << 20) for _ in range(4)]; del b"]
+        while time.monotonic() < deadline:
+            subprocess.run(churn, check=True)
+            _write("/proc/sys/vm/compact_memory", "1")
+            if entries() >= TARGET * 1.05:
+                break
+        _write(os.path.join(INSTANCE, "tracing_on"), "0")
+        with open(os.path.join(INSTANCE, "trace")) as src, open(os.path.join(out, "trace.txt"), "w") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        fmt_dir = os.path.join(out, "formats")
+        for system in ("compaction", "migrate", "kmem"):
+            for fmt in glob.glob(os.path.join(INSTANCE, "events", system, "*", "format")):
+                os.makedirs(os.path.join(fmt_dir, system), exist_ok=True)
+                shutil.copy(fmt, os.path.join(fmt_dir, system, os.path.basename(os.path.dirname(fmt))))
+        subprocess.run(
+            ["trace-cmd", "extract", "-B", "collect-bench", "-o", os.path.join(out, "trace.dat")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    finally:
+        if os.path.isdir(INSTANCE):
+            _write(os.path.join(INSTANCE, "tracing_on"), "0")
+            _write(os.path.join(INSTANCE, "events", "enable"), "0")
+            os.rmdir(INSTANCE)
+
+
+def replay_seed(out, target):
+    """The seed's real function_graph lines, concatenated until >= target (header once)."""
+    with open(os.path.join(ROOT, "tests/fixtures/seed/trace.txt")) as f:
+        lines = f.readlines()
+    head = [ln for ln in lines if ln.startswith("#")]
+    body = [ln for ln in lines if not ln.startswith("#")]
+    n = 0
+    with open(os.path.join(out, "trace.txt"), "w") as f:
+        f.writelines(head)
+        while n < target:
+            f.writelines(body)
+            n += len(body)
+    return n
+
+
+def row(name, lines, wall, rss, ref=None):
+    ratio = "%.2f" % (wall / ref) if ref else "-"
+    print("%-52s %10d %8.2f %11.0f %9.0f %8s" % (name, lines, wall, lines / wall, rss, ratio))
+
+
+def main():
+    if os.geteuid() != 0 or not os.path.isdir(os.path.join(TRACEFS, "instances")):
+        raise SystemExit("bench_normalize records a real capture: run it as root on a host with tracefs")
+    if shutil.which("trace-cmd") is None:
+        raise SystemExit("trace-cmd is not installed: make setup")
+    work = tempfile.mkdtemp(prefix="bench-normalize-")
+    try:
+        tp = os.path.join(work, "tracepoints")
+        os.makedirs(tp)
+        record_tracepoints(tp)
+        tp_lines = count_lines(os.path.join(tp, "trace.txt"))
+        print("%-52s %10s %8s %11s %9s %8s" % ("workload", "lines", "wall s", "lines/s", "peak MiB", "ratio"))
+        tc_wall, tc_rss = measure(["trace-cmd", "report", "-t", "-i", os.path.join(tp, "trace.dat")])
+        row("trace-cmd report trace.dat (tracepoints, reference)", tp_lines, tc_wall, tc_rss)
+        w, r = measure(normalize_cmd(tp, "txt"))
+        row("collect normalize trace.txt (same capture)", tp_lines, w, r, tc_wall)
+        w, r = measure(normalize_cmd(tp, "dat"))
+        row("collect normalize trace.dat (runs trace-cmd too)", tp_lines, w, r, tc_wall)
+
+        lab = sorted(glob.glob(os.path.join(ROOT, "tests/fixtures/lab-*/trace.dat")))
+        if lab:
+            ldir = os.path.dirname(lab[0])
+            n = count_lines(os.path.join(ldir, "trace.txt")) if os.path.exists(os.path.join(ldir, "trace.txt")) else 0
+            lw, lr = measure(["trace-cmd", "report", "-t", "-i", lab[0]])
+            row("trace-cmd report %s" % os.path.relpath(lab[0], ROOT), n, lw, lr)
+            w, r = measure(normalize_cmd(ldir, "dat"))
+            row("collect normalize (same trace.dat)", n, w, r, lw)
+        gdir = os.path.join(work, "graph")
+        os.makedirs(gdir)
+        g_lines = replay_seed(gdir, TARGET)
+        w_full, r_full = measure(normalize_cmd(gdir, "txt"))
+        per_line_tc = tc_wall / tp_lines
+        row("collect normalize seed function_graph replayed", g_lines, w_full, r_full, per_line_tc * g_lines)
+        qdir = os.path.join(work, "graph-quarter")
+        os.makedirs(qdir)
+        q_lines = replay_seed(qdir, TARGET // 4)
+        w_q, r_q = measure(normalize_cmd(qdir, "txt"))
+        row("collect normalize seed replayed, 1/4 size", q_lines, w_q, r_q, per_line_tc * q_lines)
+        print()
+        print("ratio = collect wall / trace-cmd wall on the same capture (<= 1.0: faster than trace-cmd prints it).")
+        print(
+            "function_graph rows: no function_graph trace.dat can be recorded on this host (function tracers are "
+            "refused);\n  their ratio is against trace-cmd's lines/s on the tracepoint capture above%s."
+            % ("" if not lab else ", the lab row compares the same trace.dat")
+        )
+        print("memory: peak %.0f MiB for %d lines vs %.0f MiB for %d lines (x%.2f for x%.1f input)"
+              % (r_full, g_lines, r_q, q_lines, r_full / r_q, g_lines / q_lines))  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
