@@ -132,6 +132,18 @@ compacted_while_spreading:
     stopped: the score read after the step is already lowered by compaction; the sampler has the peak.
   type: bool
   returned: when it happened
+started_mono:
+  description: CLOCK_MONOTONIC seconds when the workload started (the sampler's C(mono) clock).
+  type: float
+  returned: success
+started_wall:
+  description: Wall-clock seconds when the workload started.
+  type: float
+  returned: success
+t_ready:
+  description: Seconds from start until the memory was allocated and its PFNs read.
+  type: float
+  returned: success
 steps:
   description: >-
     One record per step (order, held_pages, freed_pages, madvise_calls, seconds, t, scores per node,
@@ -275,6 +287,8 @@ def main():
         module.exit_json(**result)
 
     t0 = time.monotonic()
+    # Start on the clocks the sampler records, so the time to the watermark is measured from the workload's start.
+    result.update(started_mono=time.clock_gettime(time.CLOCK_MONOTONIC), started_wall=time.time())
     # The program's own deadline backs up this module's: it releases even if we are SIGKILLed mid-hold.
     deadline = p["hold_seconds"] + 600
     prog = Program(
@@ -287,7 +301,9 @@ def main():
             module.fail_json(msg=ready["msg"], **result)
         if ready["event"] != "ready":
             module.fail_json(msg="fragmenter: %s" % ready.get("msg", ready), **result)
-        result.update(changed=True, ready=ready, steps=[], seconds_to_target=None)
+        result.update(
+            changed=True, ready=ready, steps=[], seconds_to_target=None, t_ready=round(time.monotonic() - t0, 3)
+        )
         peak = max(live_scores(order).values())
         counters = compaction_counters()
         for k in range(min_order, max_order + 1):
