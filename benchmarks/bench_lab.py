@@ -1,0 +1,86 @@
+"""QEMU lab targets (issue 4), measured on this machine and printed beside the targets:
+
+  fresh   empty cache -> lab_up (debootstrap both arches, kernels, initrds, images, boot) -> first trace   <= 300 s
+  cached  warm cache  -> lab_up (boot to SSH)                                          -> first trace   <=  45 s
+  boot-to-SSH per guest (from qemu_vm's boot_seconds, the QEMU start to the guest's SSH banner)
+
+"First trace" = compaction events of one manual compaction captured in a tracefs instance on every guest, over
+Ansible, in parallel. The fresh run uses a throwaway COMPACTION_LAB_CACHE, so the real cache is untouched; it takes
+minutes: skip it with --cached-only. Run: .venv/bin/python benchmarks/bench_lab.py [--cached-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+HOSTS = "lab-x86,lab-arm"
+TARGETS = {"fresh": 300, "cached": 45}
+CAPTURE = (
+    "set -eu; i=/sys/kernel/tracing/instances/bench-lab; mkdir $i; "
+    "trap 'echo 0 > $i/events/compaction/enable; rmdir $i' EXIT; "
+    "echo 1 > $i/events/compaction/enable; echo 1 > /proc/sys/vm/compact_memory; grep -c mm_compaction_ $i/trace"
+)
+
+
+def ansible(tool: str, *args: str, cache: Path | None = None) -> str:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PATH=f"{BIN}:{os.environ['PATH']}")
+    if cache:
+        env["COMPACTION_LAB_CACHE"] = str(cache)
+    proc = subprocess.run([str(BIN / tool), *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{tool} {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def lab_to_first_trace(cache: Path | None) -> tuple[float, dict[str, float], dict[str, int]]:
+    """Seconds from nothing running to a trace on every guest; boot-to-SSH and event counts per guest."""
+    started = time.monotonic()
+    try:
+        up = ansible("ansible-playbook", "playbooks/lab_up.yml", "-l", HOSTS, cache=cache)
+        out = ansible("ansible", HOSTS, "-m", "ansible.builtin.shell", "-a", CAPTURE, "--one-line", cache=cache)
+        elapsed = time.monotonic() - started
+    finally:
+        ansible("ansible-playbook", "playbooks/lab_down.yml", "-l", HOSTS, cache=cache)
+    # lab_up's per-guest line, which the yaml callback may fold: "<host>: <arch> <kernel> (tcg), ... boot-to-SSH 18.2 s"
+    boots = {h: float(s) for h, s in re.findall(r"([\w.-]+): \S+ \S+ \((?:tcg|kvm)\),[^']*?boot-to-SSH\s+([\d.]+)\s+s", up)}
+    events = {h: int(n) for h, n in re.findall(r"^(\S+) \| CHANGED \| rc=0 \| \(stdout\) (\d+)", out, re.M)}
+    return elapsed, boots, events
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cached-only", action="store_true", help="skip the fresh-cache run (minutes)")
+    args = parser.parse_args()
+
+    rows = []
+    ansible("ansible-playbook", "playbooks/lab_down.yml", "-l", HOSTS)  # start from nothing running
+    # Warm the cache first so "cached" is what it says, whatever state the machine was in.
+    ansible("ansible-playbook", "playbooks/lab_up.yml", "-l", HOSTS)
+    ansible("ansible-playbook", "playbooks/lab_down.yml", "-l", HOSTS)
+    cached, boots, events = lab_to_first_trace(None)
+    rows.append(("cached images -> first lab trace", TARGETS["cached"], cached))
+    if not args.cached_only:
+        with tempfile.TemporaryDirectory(prefix="bench-lab-cache-") as tmp:
+            fresh, fresh_boots, _ = lab_to_first_trace(Path(tmp))
+        rows.insert(0, ("fresh cache -> first lab trace", TARGETS["fresh"], fresh))
+        rows += [(f"boot-to-SSH {h} (fresh images)", None, s) for h, s in sorted(fresh_boots.items())]
+    rows += [(f"boot-to-SSH {h} (cached)", None, s) for h, s in sorted(boots.items())]
+
+    print(f"{'measure':42} {'target':>8} {'measured':>9} {'ratio':>6}")
+    for name, target, seconds in rows:
+        ratio = f"{seconds / target:.2f}" if target else "-"
+        print(f"{name:42} {(str(target) + ' s') if target else '-':>8} {seconds:8.1f}s {ratio:>6}")
+    print(f"compaction events in the first trace: {events}")
+
+
+if __name__ == "__main__":
+    main()
