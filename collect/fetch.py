@@ -111,6 +111,14 @@ def _fetch_host(host, results_dir: Path, remote_dir: str | None) -> dict:
     return {"host": name, "remote": remote, "remote_runs": len(runs), "fetched": missing, "bytes": buf.tell()}
 
 
+def _fetch_reported(host, results_dir: Path, remote_dir: str | None) -> dict:
+    """One host's failure (SSH dropped, tar failed, bad archive) is reported; the others' runs are kept."""
+    try:
+        return _fetch_host(host, results_dir, remote_dir)
+    except Exception as exc:
+        return {"host": host.data.get("inventory_hostname"), "error": f"{type(exc).__name__}: {exc}"}
+
+
 def _safe_members(tar: tarfile.TarFile, runs: list[str]):
     """Only plain files and folders inside the requested run folders: a remote archive is untrusted input
     (Debian 12's Python 3.11.2 predates tarfile's extraction filters)."""
@@ -137,12 +145,8 @@ def fetch(inventories, limit, results_dir: Path, remote_dir: str | None = None) 
         for h in state.inventory
         if h not in state.active_hosts
     ]
-    jobs = {h: state.pool.spawn(_fetch_host, h, results_dir, remote_dir) for h in state.active_hosts}
-    for host, job in jobs.items():
-        try:
-            report.append(job.get())
-        except Exception as exc:  # one host's failure is reported, the others' runs are kept
-            report.append({"host": host.data.get("inventory_hostname"), "error": str(exc)})
+    jobs = [state.pool.spawn(_fetch_reported, h, results_dir, remote_dir) for h in state.active_hosts]
+    report += [job.get() for job in jobs]
     disconnect_all(state)
     history.ingest_new(results_dir)
     return sorted(report, key=lambda r: r["host"])
