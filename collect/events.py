@@ -131,9 +131,13 @@ def _pattern(fmt):
 def _typed_branch(fmt):
     """SELECT for one event: split the body with the format's keys in print order, type each value."""
     pattern = _pattern(fmt)
-    ints, strs = [], []
-    for k in fmt.keys:
-        v = "trim(s.%s)" % _ident(k)
+    groups = ["f%d" % i for i in range(len(fmt.keys))]  # positional: a key may be printed twice
+    ints, strs, seen = [], [], set()
+    for k, g in zip(fmt.keys, groups, strict=True):
+        if k in seen:
+            continue
+        seen.add(k)
+        v = "trim(s.%s)" % g
         if k in fmt.range_keys:
             for i, suffix in ((1, "_start"), (2, "_end")):
                 part = "regexp_extract(%s, '^\\((\\S+) ~ (\\S+)\\)$', %d)" % (v, i)
@@ -142,17 +146,12 @@ def _typed_branch(fmt):
         iv = _int_expr(v, k in fmt.hex_keys)
         ints.append("{'key': %s, 'value': %s}" % (_q(k), iv))
         strs.append("{'key': %s, 'value': CASE WHEN %s IS NULL THEN %s END}" % (_q(k), iv, v))
-    keys_list = "[" + ", ".join(_q(k) for k in fmt.keys) + "]"
     return (
         "SELECT run, host, seq, ts, cpu, task, pid, event, %s AS system, %s AS fields_int, %s AS fields_str, "
         "'ok' AS parse_status, NULL AS body "
-        "FROM (SELECT *, regexp_extract(body, %s, %s) AS s FROM t WHERE event = %s AND ok)"
-        % (_q(fmt.system), _map(ints), _map(strs), _q(pattern), keys_list, _q(fmt.name))
+        "FROM (SELECT *, regexp_extract(body, %s, [%s]) AS s FROM t WHERE event = %s AND ok)"
+        % (_q(fmt.system), _map(ints), _map(strs), _q(pattern), ", ".join(map(_q, groups)), _q(fmt.name))
     )
-
-
-def _ident(k):
-    return '"%s"' % k.replace('"', '""')
 
 
 def _map(entries):
