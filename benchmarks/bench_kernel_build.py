@@ -1,0 +1,79 @@
+"""Build time of the lab kernel (tinyconfig-lab + tracing, debug, kgdb, mm, qemu) against a plain `defconfig` build
+of the same tree, both cold, through playbooks/kernel_build.yml on this machine, printed side by side with the ratio.
+
+Each build gets a fresh build tree in a private work dir (the shared cache under /var/tmp/compaction-lab is not
+touched), so the figures are full builds; the source is unpacked once. A defconfig build takes half an hour or more
+on 2 shared cores — this is not part of `make test`. Run: .venv/bin/python benchmarks/bench_kernel_build.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+CONFIGS = {
+    "tinyconfig-lab + fragments": {},
+    "defconfig": {"kernel_build_base": "defconfig", "kernel_build_fragments": []},
+}
+
+
+def build(workdir: Path, artifacts: Path, extra: dict) -> dict:
+    shutil.rmtree(workdir / "build", ignore_errors=True)
+    shutil.rmtree(workdir / "out", ignore_errors=True)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PATH=f"{BIN}:{os.environ['PATH']}")
+    variables = {
+        "kernel_build_arch": "x86_64",
+        "kernel_build_workdir": str(workdir),
+        "kernel_build_artifacts_dir": str(artifacts),
+        **extra,
+    }
+    start = time.monotonic()
+    subprocess.run(
+        [BIN / "ansible-playbook", ROOT / "playbooks/kernel_build.yml", "-e", json.dumps(variables)],
+        cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wall = time.monotonic() - start
+    manifest = json.loads(next(artifacts.glob("*/manifest.json")).read_text())
+    shutil.rmtree(artifacts)
+    out = workdir / "out" / manifest["id"]
+    return {
+        "make_s": manifest["build_seconds"],
+        "wall_s": wall,
+        "image_mb": (out / manifest["image"]).stat().st_size / 2**20,
+        "vmlinux_mb": (out / "vmlinux").stat().st_size / 2**20,
+        "options": sum(1 for line in (out / ".config").read_text().splitlines() if line.startswith("CONFIG_")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/var/tmp/compaction-lab/bench_kernel_build")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    results = {}
+    for name, extra in CONFIGS.items():
+        with tempfile.TemporaryDirectory() as artifacts:
+            results[name] = build(workdir, Path(artifacts) / "kernels", extra)
+        print(f"{name}: {results[name]}", flush=True)
+    lab, ref = results["tinyconfig-lab + fragments"], results["defconfig"]
+    print(f"\n{'':28} {'make s':>8} {'wall s':>8} {'image MB':>9} {'vmlinux MB':>11} {'options':>8}")
+    for name, r in results.items():
+        print(
+            f"{name:28} {r['make_s']:8.0f} {r['wall_s']:8.0f} {r['image_mb']:9.1f} {r['vmlinux_mb']:11.1f} "
+            f"{r['options']:8d}"
+        )
+    print(f"\nlab kernel / defconfig build time: {lab['make_s'] / ref['make_s']:.2f}  (cores: {os.cpu_count()})")
+
+
+if __name__ == "__main__":
+    main()
