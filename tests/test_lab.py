@@ -81,7 +81,7 @@ def test_resource_guard_refuses_before_building_or_booting(tmp_path, is_root):
         timeout=300,
     )
     assert proc.returncode != 0
-    assert "below the floor of 100000000 MiB" in proc.stdout
+    assert re.search(r"below\s+the\s+floor\s+of\s+100000000\s+MiB", proc.stdout), proc.stdout
     assert not (tmp_path / "cache").exists(), "nothing may be built or started when the guard refuses"
 
 

@@ -42,7 +42,7 @@ cp -a "$overlay/." "$tmp/root/"
 # systemd-networkd brings up DHCP on the virtio NIC; units that only cost boot time under TCG are masked.
 systemctl --root="$tmp/root" enable systemd-networkd.service
 for unit in systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
-  e2scrub_reap.service fstrim.timer man-db.timer; do
+  e2scrub_reap.service fstrim.timer man-db.timer getty-static.service; do
   ln -sf /dev/null "$tmp/root/etc/systemd/system/$unit"
 done
 # Make the shared image fit any guest name: the hostname comes from systemd.hostname= on the kernel command line.
