@@ -11,6 +11,7 @@ flock 9
 [ -e "$dest" ] && exit 0
 tmp=$(mktemp -d "$dest.tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM HUP
 dpkg -x "$deb" "$tmp"
 for dir in "$tmp"/lib/modules/*/; do
   depmod -b "$tmp" "$(basename "$dir")"

@@ -11,6 +11,7 @@ flock 9
 [ -e "$out" ] && exit 0
 work=$(mktemp -d "$out.tmp.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM HUP
 # Hard links: the staging tree costs no copy, and mkfs only reads it. Files added below are new inodes.
 cp -al "$rootfs" "$work/root"
 if [ -n "$modules" ]; then

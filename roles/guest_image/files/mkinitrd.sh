@@ -7,6 +7,7 @@ tree=$1 release=$2 busybox_deb=$3 out=$4
 shift 4
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM HUP
 root=$work/root
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,newroot,lib/modules}
 dpkg -x "$busybox_deb" "$work/bb"

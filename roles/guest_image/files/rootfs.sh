@@ -13,12 +13,19 @@ tmp=$(mktemp -d "$dest.tmp.XXXXXX")
 binfmt_entry=/proc/sys/fs/binfmt_misc/compaction-lab-aarch64
 mounted_binfmt=0 registered=0
 cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ] && [ -f "$tmp/root/debootstrap/debootstrap.log" ]; then
+    tail -n 30 "$tmp/root/debootstrap/debootstrap.log" >&2
+  fi
   # Leave the host as found: our binfmt entry and mount go, whatever happened.
   if [ "$registered" = 1 ] && [ -e "$binfmt_entry" ]; then echo -1 > "$binfmt_entry"; fi
   if [ "$mounted_binfmt" = 1 ]; then umount /proc/sys/fs/binfmt_misc; fi
-  rm -rf "$tmp"
+  # An interrupted debootstrap leaves /proc (and /sys) mounted in the target: unmount before deleting.
+  awk -v t="$tmp/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf --one-file-system "$tmp"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM HUP  # so the EXIT trap runs on interrupt too
 
 if [ "$arch" = arm64 ] && [ "$(dpkg --print-architecture)" != arm64 ]; then
   if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
@@ -34,8 +41,9 @@ if [ "$arch" = arm64 ] && [ "$(dpkg --print-architecture)" != arm64 ]; then
   fi
 fi
 
-mkdir -p "$cache"
-debootstrap --arch="$arch" --variant=minbase --cache-dir="$cache" --include="$packages" \
+# One package cache per arch: concurrent builds would race on the arch:all .debs of a shared one.
+mkdir -p "$cache/$arch"
+debootstrap --arch="$arch" --variant=minbase --cache-dir="$cache/$arch" --include="$packages" \
   "$release" "$tmp/root" "$mirror"
 
 cp -a "$overlay/." "$tmp/root/"
