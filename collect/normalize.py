@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 
-from compaction_module_utils import fragmentation
+from compaction_module_utils import fragmentation, tracefs
 
 from collect import tables
 from collect.callgraph import CallGraph
@@ -39,18 +39,18 @@ def read_json(path, default=None):
 
 
 def parse_cpu_stats(text):
-    """per_cpu/cpuN/stats text (or `trace-cmd report --stat`) -> {cpu: {key_with_underscores: int}}."""
-    out, cpu = {}, None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith(("CPU:", "== cpu")):
-            cpu = int(line.replace("== cpu", "").replace("CPU:", "").strip())
-            out[cpu] = {}
-        elif cpu is not None and ":" in line:
-            k, v = line.split(":", 1)
-            v = v.strip()
-            if v.isdigit():
-                out[cpu][k.strip().replace(" ", "_")] = int(v)
+    """Several CPUs' stats (`trace-cmd report --stat`, or `CPU: n` / `== cpun` blocks) -> {cpu: {key: value}};
+    each block is read by the one per-CPU stats parser, tracefs.parse_cpu_stats."""
+    out, cpu, block = {}, None, []
+    for line in [*text.splitlines(), "CPU: end"]:
+        head = line.strip()
+        if head.startswith(("CPU:", "== cpu")):
+            if cpu is not None:
+                out[cpu] = tracefs.parse_cpu_stats("\n".join(block))
+            label = head.replace("== cpu", "").replace("CPU:", "").strip()
+            cpu, block = (int(label) if label.isdigit() else None), []
+        elif cpu is not None:
+            block.append(line)
     return out
 
 
@@ -66,7 +66,7 @@ def per_cpu_loss(meta):
     detail = {}
     for cpu, st in items:
         if isinstance(st, str):
-            st = next(iter(parse_cpu_stats("CPU: 0\n" + st).values()), {})
+            st = tracefs.parse_cpu_stats(st)
         if not isinstance(st, dict):
             continue
         st = {k.replace(" ", "_"): v for k, v in st.items()}
