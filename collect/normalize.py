@@ -261,6 +261,27 @@ def _scores_rows(path):
     return rows
 
 
+def _marker_times(rows, out_dir):
+    """Samples with ts_source "marker": their trace time is that of the sampler's trace_marker line
+    `compaction_lab_score seq=<seq> node=<node> ...` (docs/interfaces.md, scores.jsonl)."""
+    events = os.path.join(out_dir, "events.parquet")
+    if not any(r[9] == "marker" and r[8] is None for r in rows) or not os.path.exists(events):
+        return rows
+    con = tables.duck()
+    marks = con.execute(
+        "SELECT ts, body FROM read_parquet(?) "
+        "WHERE event = 'tracing_mark_write' AND body LIKE 'compaction_lab_score %'",
+        [events],
+    ).fetchall()
+    con.close()
+    at = {}
+    for ts, body in marks:
+        kv = dict(p.split("=", 1) for p in body.split()[1:] if "=" in p)
+        if kv.get("seq", "").isdigit() and kv.get("node", "").isdigit():
+            at[(int(kv["seq"]), int(kv["node"]))] = ts
+    return [(*r[:8], at.get((r[0], r[1]), r[8]), *r[9:]) if r[9] == "marker" else r for r in rows]
+
+
 def _counters(host_dir, facts_before, facts_after):
     """vmstat_delta.json when the capture wrote it, else after-before of the facts' vmstat (fragmentation.py)."""
     vb = (facts_before or {}).get("vmstat") or {}
@@ -305,7 +326,7 @@ def normalize_host(host_dir, run, host, prefer="auto", out_dir=None):
         "scores",
         run,
         host,
-        _scores_rows(os.path.join(host_dir, "scores.jsonl")),
+        _marker_times(_scores_rows(os.path.join(host_dir, "scores.jsonl")), out_dir),
     )
     dat_stats, uname = ({}, [""])
     if kind == "dat":
