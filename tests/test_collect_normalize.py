@@ -187,3 +187,25 @@ def test_trace_dat_named_trace_txt_is_a_clear_error(host_copy):
     shutil.copy(HOST / "trace.dat", host_copy / "trace.txt")
     proc = cli("summary", host_copy, "--source", "txt", check=False)
     assert proc.returncode == 2 and "trace-cmd" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# Lab guests' captures (function_graph, x86 and arm64) land in tests/fixtures/lab-*/ as results host folders;
+# every one of them must normalize cleanly and agree with itself, whichever kernel or arch recorded it.
+LAB = sorted(p for p in (ROOT / "tests/fixtures").glob("lab-*") if (p / "trace.meta.json").exists())
+
+
+@pytest.mark.parametrize("fixture", LAB, ids=[p.name for p in LAB])
+def test_lab_capture_normalizes(fixture, tmp_path):
+    host = tmp_path / "run" / fixture.name
+    shutil.copytree(fixture, host, ignore=shutil.ignore_patterns("*.md", "*.sh", "normalized"))
+    s = summary_mod.summarize(str(host))["hosts"][fixture.name]
+    meta = json.loads((fixture / "trace.meta.json").read_text())
+    assert s["tracer"] == meta["tracer"] and s["integrity"]["skipped_lines"] == 0
+    con = duckdb.connect()
+    calls = str(host / "normalized/calls.parquet")
+    orphans = con.execute(f"SELECT count(*) FROM '{calls}' WHERE status = 'orphan'").fetchone()[0]
+    assert orphans == s["integrity"]["orphan_exits"]
+    assert s["integrity"]["complete"] == (not s["integrity"]["why"])
+    if meta["tracer"] == "function_graph":
+        assert s["functions"], "a function_graph capture without calls"
+        assert any(f.startswith("compact_zone") for f in s["functions"])
