@@ -120,7 +120,8 @@ class CallGraph:
         if stack is None:
             stack = self.stacks[key] = []
         if op == "leaf":
-            self._fit(stack, depth, seq, cpu, task, pid)
+            if len(stack) != depth:
+                self._fit(stack, depth, seq, cpu, task, pid)
             parent = stack[-1] if stack else None
             self.emit(
                 (

@@ -52,30 +52,6 @@ class TraceFormatError(ValueError):
     """The input is not ftrace text at all (binary data, wrong file)."""
 
 
-def _graph_text(text):
-    """Split the text column of a function_graph line into (depth, op, fn, event_name, event_body)."""
-    body = text.lstrip(" ")
-    depth = max((len(text) - len(body) - 2) // 2, 0)
-    if not body:
-        return depth, None, None, None, None
-    c = body[0]
-    if c == "}":
-        m = _EXIT_FN.search(body)
-        return depth, "exit", m.group(1) if m else None, None, None
-    if c == "/":
-        m = _COMMENT.match(body)
-        if m:
-            return depth, "event", None, m.group(1), m.group(2)
-        return depth, "comment", None, None, body
-    paren = body.find("(")
-    if paren > 0:
-        if body.endswith("{"):
-            return depth, "enter", body[:paren], None, None
-        if ";" in body:
-            return depth, "leaf", body[:paren], None, None
-    return depth, None, None, None, None
-
-
 def lex(lines, trace_cmd=False):
     """Yield one tuple per line of ``lines`` (an iterable of str). See the module docstring."""
     graph_first = False
@@ -125,41 +101,40 @@ def lex(lines, trace_cmd=False):
 
 
 def _graph_line(seq, line):
+    """One function_graph line -> tuple; the hot path of graph captures, so kept in one function."""
     m = _GRAPH.match(line)
     if m is None:
         if "=>" in line and (s := _SWITCH.match(line)):
-            return (
-                "switch",
-                seq,
-                int(s.group("cpu")),
-                s.group("pt").strip(),
-                int(s.group("pp")),
-                s.group("nt").strip(),
-                int(s.group("np")),
-            )
+            cpu, pt, pp, nt, np_ = s.groups()
+            return ("switch", seq, int(cpu), pt.strip(), int(pp), nt.strip(), int(np_))
         return None
-    cpu = int(m.group("cpu"))
-    mark = m.group("mark")
-    if "==========>" in mark:
-        return ("irq", seq, cpu, "enter")
-    if "<==========" in mark:
-        return ("irq", seq, cpu, "exit")
-    task = m.group("task")
-    pid = int(m.group("pid")) if task is not None else None
-    ts = float(m.group("abs")) if m.group("abs") else None
-    dur = m.group("dur")
-    return _graph_op(seq, cpu, task.strip() if task else None, pid, ts, m.group("text"), dur)
-
-
-def _graph_op(seq, cpu, task, pid, ts, text, dur):
-    depth, op, fn, ev, body = _graph_text(text)
-    if op == "event":
-        return ("event", seq, cpu, task, pid, ts, ev, body)
-    if op == "comment":
+    abs_ts, cpu, task, pid, mark, dur, text = m.groups()
+    cpu = int(cpu)
+    if mark and "=" in mark:
+        return ("irq", seq, cpu, "enter" if ">" in mark else "exit")
+    if task is not None:
+        task, pid = task.strip(), int(pid)
+    ts = float(abs_ts) if abs_ts else None
+    body = text.lstrip(" ")
+    depth = (len(text) - len(body) - 2) // 2
+    if depth < 0:
+        depth = 0
+    c = body[:1]
+    if c == "}":
+        e = _EXIT_FN.search(body)
+        return ("graph", seq, cpu, task, pid, ts, depth, "exit", e.group(1) if e else None, float(dur) if dur else None)
+    if c == "/":
+        e = _COMMENT.match(body)
+        if e:
+            return ("event", seq, cpu, task, pid, ts, e.group(1), e.group(2))
         return ("event", seq, cpu, task, pid, ts, "print", body.strip("/* "))
-    if op is None:
-        return ("skip", seq, "function_graph line without a call", text[:120])
-    return ("graph", seq, cpu, task, pid, ts, depth, op, fn, float(dur) if dur else None)
+    paren = body.find("(")
+    if paren > 0:
+        if body[-1] == "{":
+            return ("graph", seq, cpu, task, pid, ts, depth, "enter", body[:paren], None)
+        if ";" in body:
+            return ("graph", seq, cpu, task, pid, ts, depth, "leaf", body[:paren], float(dur) if dur else None)
+    return ("skip", seq, "function_graph line without a call", text[:120])
 
 
 def _tp_line(seq, line):
@@ -181,7 +156,12 @@ def _tp_line(seq, line):
             g = _GRAPH_BODY.match(body)
             if g is None:
                 return ("skip", seq, "unreadable %s body" % name, line[:120])
-            return _graph_op(seq, cpu, task, pid, ts, g.group("text"), g.group("dur"))
+            # Re-use the graph path on "<cpu>) <dur> | <text>", trace-cmd's columns in front.
+            dur = g.group("dur")
+            rec = _graph_line(seq, "%d) %s |%s" % (cpu, dur + " us" if dur else "", g.group("text")))
+            if rec is None or rec[0] not in ("graph", "event"):
+                return ("skip", seq, "unreadable %s body" % name, line[:120])
+            return (*rec[:3], task, pid, ts, *rec[6:])
         if name == "function":
             f = _FUNC.match(body.strip())
             if f:
