@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Playbooks that are not experiments: they never produce a run of results.
-NOT_EXPERIMENTS = {"compare", "doctor", "lab_up", "lab_down"}
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2
 
 
@@ -45,7 +43,9 @@ class RunOutcome:
 
 
 def experiments(project_dir: Path = ROOT) -> list[str]:
-    return sorted(p.stem for p in (project_dir / "playbooks").glob("*.yml") if p.stem not in NOT_EXPERIMENTS)
+    """Experiment playbooks: those keeping a run with the experiment_run bookkeeping role (issue 3)."""
+    books = (project_dir / "playbooks").glob("*.yml")
+    return sorted(p.stem for p in books if p.stem != "compare" and "name: experiment_run" in p.read_text())
 
 
 def new_run_id(experiment: str, now: datetime | None = None) -> str:
@@ -157,7 +157,7 @@ def run_experiment(
     envvars = {
         "ANSIBLE_CONFIG": str(project_dir / "ansible.cfg"),
         "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",  # ansible-playbook = the venv's
     }
     progress = progress or Progress()
     started = time.monotonic()
@@ -165,13 +165,12 @@ def run_experiment(
         r = ansible_runner.run(
             private_data_dir=str(runner_dir),
             project_dir=str(project_dir),
-            playbook=str(project_dir / "playbooks" / "compare.yml"),
+            playbook="playbooks/compare.yml",  # relative to project_dir, as ansible-runner expects
             inventory=[str(Path(i).resolve()) for i in inventory] if inventory else None,
             limit=limit,
             forks=forks,
             extravars=evars,
             envvars=envvars,
-            binary=str(bindir / "ansible-playbook"),
             ident="ansible",
             quiet=True,
             event_handler=progress,
