@@ -713,6 +713,8 @@ def run_state(module, cap, lease, root):
             return {"changed": bool(state or os.path.isdir(cap.inst)), "meta": state or {}}
         done = restore(root, p["name"], lease)
         return {"changed": bool(done), "restored": done, "meta": state or {}}
+    if module.check_mode and state is None and p["state"] in ("stopped", "captured"):
+        return {"changed": True, "meta": {}, "msg": "check mode: nothing was started, so nothing to %s" % p["state"]}
     if p["state"] == "stopped":
         if not state:
             raise Refused("no started capture named %s (state=started first)" % p["name"])
