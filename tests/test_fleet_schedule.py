@@ -10,7 +10,9 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 
 import pytest
 from helpers import ROOT, ansible_playbook, run
@@ -35,7 +37,6 @@ def _schedule(inventory, unit_dir, results, **overrides):
         "fleet_schedule_inventory": ["inventory/local.yml"],
         "fleet_schedule_limit": "local",
         "fleet_schedule_keep_runs": 1,
-        "fleet_schedule_experiment": "doctor",
         **overrides,
     }
     return ansible_playbook("fleet_schedule.yml", "-i", inventory, "-e", json.dumps(evars), check=False)
@@ -85,25 +86,28 @@ def test_bad_calendar_is_refused_before_any_unit_is_written(control_inventory, t
 
 @pytest.mark.host
 def test_service_command_runs_for_real_with_retention(control_inventory, tmp_path, is_root):
-    """Run the installed ExecStart twice against this machine: a real experiment through ansible-runner, the
-    run in the history store, and retention (keep 1) pruning the older raw run but keeping its history rows."""
+    """Run the installed ExecStart for real: trace_manual on this machine through ansible-runner, the run in the
+    history store, and retention (keep 1) pruning an older run — a real capture laid out as a run and never
+    ingested — only after its rows went into the history."""
     units, results = tmp_path / "units", tmp_path / "results"
     units.mkdir()
+    older = results / "20250101T000000Z-trace_manual"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "host-6.18", older / "local")
+    run([sys.executable, "-m", "collect", "summary", older, "--format", "json"])
     assert _schedule(control_inventory, units, results).returncode == 0
     workdir, env, argv = _service(units)
-    runs = []
-    for _ in range(2):
-        proc = subprocess.run(
-            argv, cwd=workdir, env={**os.environ, **env}, capture_output=True, text=True, timeout=1200, check=False
-        )
-        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-        runs.append(re.search(r"^run (\S+):", proc.stdout, re.M).group(1))
-    first, second = runs
-    assert not (results / first).exists() and f"retention: removed {first}" in proc.stdout
-    events = list((results / second / "runner" / "artifacts" / "ansible" / "job_events").glob("*.json"))
+    proc = subprocess.run(
+        argv, cwd=workdir, env={**os.environ, **env}, capture_output=True, text=True, timeout=1800, check=False
+    )
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    new = re.search(r"^run (\S+):", proc.stdout, re.M).group(1)
+    assert "PLAY Collect the run and build the comparison report" in proc.stderr  # progress lines
+    assert not older.exists() and f"retention: removed {older.name}" in proc.stdout
+    events = list((results / new / "runner" / "artifacts" / "ansible" / "job_events").glob("*.json"))
     assert len(events) > 10
-    assert json.loads((results / second / "run.json").read_text())["hosts"]["local"]["status"] == "ok"
+    assert json.loads((results / new / "run.json").read_text())["hosts"]["local"]["status"] == "ok"
+    assert (results / new / "report.html").exists() and (results / new / "fleet.md").exists()
     hist = run([argv[0], "-m", "collect", "history", "--results", results, "--format", "json"])
     rows = json.loads(hist.stdout)
-    assert [r["run"] for r in rows] == [first, second]
-    assert all(r["host"] == "local" and r["kernel"] == os.uname().release for r in rows)
+    assert [r["run"] for r in rows] == [older.name, new]
+    assert rows[1]["host"] == "local" and rows[1]["kernel"] == os.uname().release
