@@ -91,7 +91,7 @@ def test_molecule_destroy_after_failed_converge_leaves_nothing(is_root):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "converge failed on purpose" in out
-    assert "Stop the molecule guests" in out, "destroy did not run after the failed converge"
+    assert "PLAY [Stop the QEMU lab guests]" in out, "destroy did not run after the failed converge"
     assert (run_dir / "console.log").stat().st_size > 0, "the guest never booted, so nothing was proven"
     assert qemu_pids_of(run_dir) == []
     leftovers = [p.name for p in run_dir.iterdir() if p.name != "console.log"]
