@@ -82,6 +82,9 @@ class Progress:
 
 def _msg(data: dict) -> str:
     res = data.get("res", {})
+    # A loop's own msg is "All items completed"; the reason is in the first item that went wrong.
+    bad = [r for r in res.get("results") or () if isinstance(r, dict) and (r.get("failed") or r.get("unreachable"))]
+    res = bad[0] if bad else res
     return " ".join(str(res.get("msg") or res.get("stderr") or "").split())[:240]
 
 
