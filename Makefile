@@ -30,8 +30,11 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	@$(PY) -c 'import ansible, ansible_runner, molecule, pyinfra, collect, compaction_module_utils'
 	@rm -f $(VENV)/.setup-*; touch $@
 
+# This machine + lab-x86 + lab-arm (localhost runs collect). lab_down.yml also on failure or Ctrl-C.
+DEMO_HOSTS := localhost,local,lab-x86,lab-arm
 demo: setup
-	$(BIN)/ansible-playbook playbooks/doctor.yml
+	@trap '$(BIN)/ansible-playbook playbooks/lab_down.yml -l $(DEMO_HOSTS) > /dev/null' EXIT; \
+	  $(BIN)/ansible-playbook playbooks/demo.yml -l $(DEMO_HOSTS)
 
 lint: setup
 	$(BIN)/yamllint -s .
