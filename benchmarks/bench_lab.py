@@ -4,9 +4,10 @@
   cached  warm cache  -> lab_up (boot to SSH)                                          -> first trace   <=  45 s
   boot-to-SSH per guest (from qemu_vm's boot_seconds, the QEMU start to the guest's SSH banner)
 
-"First trace" = compaction events of one manual compaction captured in a tracefs instance on every guest, over
-Ansible, in parallel. The fresh run uses a throwaway COMPACTION_LAB_CACHE, so the real cache is untouched; it takes
-minutes: skip it with --cached-only. Run: .venv/bin/python benchmarks/bench_lab.py [--cached-only]
+"First trace" = playbooks/trace_manual.yml on both guests in parallel (function_graph on *compact*/*migrate* +
+compaction/migrate events around one manual compaction), results in a throwaway folder. The fresh run uses a
+throwaway COMPACTION_LAB_CACHE, so the real cache is untouched; it takes minutes: skip it with --cached-only.
+Run: .venv/bin/python benchmarks/bench_lab.py [--cached-only]
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOSTS = "lab-x86,lab-arm"
 TARGETS = {"fresh": 300, "cached": 45}
-CAPTURE = (
-    "set -eu; i=/sys/kernel/tracing/instances/bench-lab; mkdir $i; "
-    "trap 'echo 0 > $i/events/compaction/enable; rmdir $i' EXIT; "
-    "echo 1 > $i/events/compaction/enable; echo 1 > /proc/sys/vm/compact_memory; grep -c mm_compaction_ $i/trace"
-)
+# lab_up's per-guest line, which the yaml callback may fold: "<host>: <arch> <kernel> (tcg), ... boot-to-SSH 18.2 s"
+BOOT_LINE = re.compile(r"([\w.-]+): \S+ \S+ \((?:tcg|kvm)\),[^']*?boot-to-SSH\s+([\d.]+)\s+s")
 
 
 def ansible(tool: str, *args: str, cache: Path | None = None) -> str:
@@ -46,13 +44,24 @@ def lab_to_first_trace(cache: Path | None) -> tuple[float, dict[str, float], dic
     started = time.monotonic()
     try:
         up = ansible("ansible-playbook", "playbooks/lab_up.yml", "-l", HOSTS, cache=cache)
-        out = ansible("ansible", HOSTS, "-m", "ansible.builtin.shell", "-a", CAPTURE, "--one-line", cache=cache)
-        elapsed = time.monotonic() - started
+        with tempfile.TemporaryDirectory(prefix="bench-lab-results-") as results:
+            ansible(
+                "ansible-playbook",
+                "playbooks/trace_manual.yml",
+                "-l",
+                HOSTS,
+                "-e",
+                f"experiment_results_dir={results}",
+                cache=cache,
+            )
+            elapsed = time.monotonic() - started
+            events = {
+                trace.parent.name: sum("mm_compaction_" in line for line in trace.open(errors="replace"))
+                for trace in Path(results).glob("*/*/trace.txt")
+            }
     finally:
         ansible("ansible-playbook", "playbooks/lab_down.yml", "-l", HOSTS, cache=cache)
-    # lab_up's per-guest line, which the yaml callback may fold: "<host>: <arch> <kernel> (tcg), ... boot-to-SSH 18.2 s"
-    boots = {h: float(s) for h, s in re.findall(r"([\w.-]+): \S+ \S+ \((?:tcg|kvm)\),[^']*?boot-to-SSH\s+([\d.]+)\s+s", up)}
-    events = {h: int(n) for h, n in re.findall(r"^(\S+) \| CHANGED \| rc=0 \| \(stdout\) (\d+)", out, re.M)}
+    boots = {h: float(s) for h, s in BOOT_LINE.findall(up)}
     return elapsed, boots, events
 
 
