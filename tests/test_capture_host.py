@@ -209,3 +209,11 @@ def test_compaction_trigger_sets_and_restores(is_root):
         prev = json.dumps(res["local"]["previous"])
         ansible_adhoc("local", "compaction_trigger", "restore='%s'" % prev)
     assert {p: _read(p) for p in SYSCTLS} == before
+
+
+def test_check_mode_touches_nothing(unchanged_host, tmp_path):
+    ansible_playbook(
+        "trace_manual.yml", "-l", "local", "--check", "-e", "experiment_results_dir=%s" % tmp_path,
+        "-e", "ftrace_capture_name=%s" % unchanged_host, timeout=900,
+    )  # fmt: skip
+    assert not list(tmp_path.iterdir())  # nothing written under results/ either
