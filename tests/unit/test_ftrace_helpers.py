@@ -96,3 +96,17 @@ def test_marker_timestamp():
     assert tracefs.marker_timestamp(ev, tag) == 5864.995346
     assert tracefs.marker_timestamp(graph, tag) == 5864.995346
     assert tracefs.marker_timestamp(ev.replace(tag, "other"), tag) is None
+
+
+def test_marker_offset_on_a_real_function_graph_capture():
+    """The lab-x86-612 capture (PROVENANCE.md): its clock_offset is wall - trace time of its last marker."""
+    import json
+    import re
+
+    fixture = Path(__file__).resolve().parent.parent / "fixtures/lab-x86-612-6.12"
+    meta = json.loads((fixture / "trace.meta.json").read_text())
+    markers = [ln for ln in (fixture / "trace.txt").read_text().splitlines() if "compaction_lab_clock" in ln]
+    assert len(markers) == 2 and meta["tracer"] == "function_graph"
+    ts = tracefs.marker_timestamp(markers[-1], "compaction_lab_clock")
+    wall = float(re.search(r"wall=(\d+\.\d+)", markers[-1]).group(1))
+    assert meta["clock_offset"] == pytest.approx(wall - ts, abs=1e-5)
