@@ -20,6 +20,7 @@ import time
 import gdb
 
 from . import schema
+from .evaluate import evaluate
 from .values import fields, to_json
 
 # Debian's DWARF names assembler files by absolute build path; C files are relative to the tree.
@@ -131,6 +132,7 @@ class Session:
             self.counts[bp.number] = 0
         if self.args["transport"] == "kgdb":
             self.refuse_ftrace_sites()
+        self.layout = self.task_layout()
 
     def refuse_ftrace_sites(self):
         """KGDB plants int3 in guest text; on an ftrace patch site (__mcount_loc) ftrace later finds the int3
@@ -260,11 +262,13 @@ class Session:
             hit["locals"] = self.locals(frame0)
         for expr in cap["expressions"]:
             try:
-                hit["values"][expr] = to_json(_ev(expr), depth=2)
-            except gdb.error as exc:
+                hit["values"][expr] = to_json(evaluate(expr, frame0), depth=2)
+            except (gdb.error, gdb.MemoryError) as exc:
                 hit["values"][expr] = f"<error: {exc}>"
         if cap["compact_control"]:
             hit["compact_control"] = self.compact_control(frame0, cap["compact_control"])
+        # How long the guest stood still for this capture (it is stopped for all of it).
+        hit["capture_s"] = round(time.time() - now, 3)
         self.record["hits"].append(hit)
         self.write()
 
@@ -275,18 +279,48 @@ class Session:
         except gdb.error:
             return None
 
+    def task_layout(self):
+        """Where `current` lives and where pid/comm sit in task_struct, resolved once before attaching:
+        looking up `struct task_struct` or `pid` by name expands most of the vmlinux's DWARF (~80 s, 2 GB
+        measured), while init_task's type and current_task's address are found in a fraction of a second."""
+
+        def offset(t, name, base=0):
+            for f in t.fields():
+                ft = f.type.strip_typedefs()
+                if f.name == name:
+                    return base + f.bitpos // 8
+                if f.name is None and ft.code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
+                    found = offset(ft, name, base + f.bitpos // 8)
+                    if found is not None:
+                        return found
+            return None
+
+        try:
+            task_t = gdb.lookup_global_symbol("init_task").type.strip_typedefs()
+            layout = {"pid": offset(task_t, "pid"), "comm": offset(task_t, "comm")}
+            sym = gdb.lookup_global_symbol("current_task")  # x86 per-cpu; arm64 keeps current in sp_el0
+            layout["current_task"] = int(sym.value().address) if sym else None
+        except (AttributeError, gdb.error) as exc:
+            return {"error": str(exc)}
+        return layout
+
     def current_task(self):
         """pid/comm of the task that hit, for joining with ftrace lines (which carry pid and comm)."""
-        arch = gdb.newest_frame().architecture().name()
-        exprs = {
-            "i386:x86-64": "*(struct task_struct **)($gs_base + (unsigned long)&current_task)",
-            "aarch64": "(struct task_struct *)$sp_el0",
-        }
+        lay = self.layout
+        if "error" in lay or lay["pid"] is None or lay["comm"] is None:
+            return {"error": f"task_struct layout unknown: {lay}"}
+        frame, mem = gdb.newest_frame(), gdb.selected_inferior()
         try:
-            task = _ev(exprs[arch])
-            return {"pid": int(task["pid"]), "comm": task["comm"].string(errors="replace").split("\0", 1)[0]}
-        except (KeyError, gdb.error, gdb.MemoryError) as exc:
-            return {"error": f"current task not readable on {arch}: {exc}"}
+            if lay["current_task"] is not None:
+                base = int(frame.read_register("gs_base")) & (1 << 64) - 1  # gdb reads it as signed
+                task = struct.unpack("<Q", bytes(mem.read_memory(base + lay["current_task"], 8)))[0]
+            else:
+                task = int(frame.read_register("sp_el0"))
+            pid = struct.unpack("<i", bytes(mem.read_memory(task + lay["pid"], 4)))[0]
+            comm = bytes(mem.read_memory(task + lay["comm"], 16)).split(b"\0", 1)[0].decode("utf-8", "replace")
+        except (ValueError, OverflowError, gdb.error, gdb.MemoryError) as exc:
+            return {"error": f"current task not readable: {exc}"}
+        return {"pid": pid, "comm": comm}
 
     @staticmethod
     def _function_block(frame):
@@ -354,8 +388,8 @@ class Session:
                 return {"error": "no struct compact_control * argument in the stack"}
         else:
             try:
-                cc, found_in = _ev(how), how
-            except gdb.error as exc:
+                cc, found_in = evaluate(how, frame), how
+            except (gdb.error, gdb.MemoryError) as exc:
                 return {"error": f"{how}: {exc}"}
         try:
             c = cc.dereference()
@@ -404,7 +438,7 @@ def main(args: dict) -> int:
     except Unreachable as exc:
         s.record.update(status="unreachable", message=str(exc))
         rc = RC_UNREACHABLE
-    except (gdb.error, RuntimeError, KeyboardInterrupt) as exc:
+    except BaseException as exc:  # whatever broke, the guest must be released below
         s.record.update(status="error", message=f"{type(exc).__name__}: {exc}")
         rc = RC_ERROR
     finally:
