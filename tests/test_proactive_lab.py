@@ -73,7 +73,7 @@ def test_kcompactd_compacts_proactively_at_default_proactiveness(proactive_run, 
     proactive = [c for c in summary["compactions"] if c["trigger"] == "proactive"]
     assert proactive, f"no proactive compaction classified: {summary['compactions'][:5]}"
     assert all(c["task"].startswith("kcompactd") for c in proactive)
-    assert summary["score"]["peak"] == peak and summary["score"]["wmark_high"] == wmark_high
+    assert summary["score"]["peak"] >= peak and summary["score"]["wmark_high"] == wmark_high
 
     workload = json.loads((host_dir / "workload.json").read_text())
     assert workload["result"]["released"]["reason"] == "release"
