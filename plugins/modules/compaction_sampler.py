@@ -9,7 +9,7 @@ module: compaction_sampler
 short_description: Sample fragmentation scores and compaction counters every N ms into scores.jsonl
 description:
   - Every I(interval_ms) reads C(/proc/buddyinfo) and C(/proc/vmstat) and writes one JSON line per node to
-    I(dest): the kernel-exact score (C(module_utils/fragmentation.py)), both watermarks at the live
+    I(dest) - the kernel-exact score (C(module_utils/fragmentation.py)), both watermarks at the live
     C(compaction_proactiveness), per-zone extfrag, whether kswapd runs, and the C(compact_*)/C(pgmigrate_*)
     counters. The format is the C(scores.jsonl) contract in docs/interfaces.md.
   - With I(trace_instance), samples are placed on that tracefs instance's clock. When its C(trace_clock) is
