@@ -268,6 +268,10 @@ class Lease:
         return self
 
     def __exit__(self, *exc):
+        # No capture left under this name: the lock file goes too, so a restored host keeps nothing of it.
+        if not os.path.exists(self.path):
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)
         os.close(self._lock)
 
     def load(self):
@@ -284,9 +288,8 @@ class Lease:
         os.replace(tmp, self.path)
 
     def drop(self):
-        for p in (self.path,):
-            if os.path.exists(p):
-                os.unlink(p)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
 
 
 class Capture:
