@@ -441,7 +441,8 @@ class Capture:
             busy.append("current_tracer is %s" % cur)
         for f in ("set_ftrace_filter", "set_ftrace_notrace", "set_ftrace_pid", "set_graph_function"):
             text = read(os.path.join(self.root, f), "") or ""
-            if [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]:
+            # An empty set_ftrace_pid reads "no pid" (6.1 and earlier), not "".
+            if [ln for ln in text.splitlines() if ln.strip() not in ("", "no pid") and not ln.startswith("#")]:
                 busy.append("%s is set" % f)
         if busy:
             raise Refused(
