@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-# The QEMU lab session fixture `lab` (tests/lab_fixtures.py).
-pytest_plugins = ["lab_fixtures"]
+# The QEMU lab session fixture `lab` (tests/lab_fixtures.py), the kernel build `kernel_artifact`
+# (tests/kbuild_fixtures.py).
+pytest_plugins = ["lab_fixtures", "kbuild_fixtures"]
 
 
 @pytest.fixture(scope="session")
