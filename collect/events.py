@@ -149,8 +149,40 @@ def _typed_branch(fmt):
     return (
         "SELECT run, host, seq, ts, cpu, task, pid, event, %s AS system, %s AS fields_int, %s AS fields_str, "
         "'ok' AS parse_status, NULL AS body "
-        "FROM (SELECT *, regexp_extract(body, %s, [%s]) AS s FROM t WHERE event = %s AND ok)"
-        % (_q(fmt.system), _map(ints), _map(strs), _q(pattern), ", ".join(map(_q, groups)), _q(fmt.name))
+        "FROM (SELECT *, %s AS s FROM (SELECT *, %s AS p FROM t WHERE event = %s AND ok))"
+        % (_q(fmt.system), _map(ints), _map(strs), _pieces(fmt, pattern, groups), _split(fmt), _q(fmt.name))
+    )
+
+
+def _split(fmt):
+    """SQL for the list ``p`` of a body's pieces, cut at its separators `,? key=` (keys after the first).
+
+    Extracting the lazy groups of the format's pattern costs RE2 ~4x a plain match, and this runs for every event.
+    A body that matches the pattern and holds exactly one separator per key (every real kernel line) gives the
+    same values from the pieces (_pieces); a body with a key-like text inside a value gets the pattern's groups.
+    """
+    if len(fmt.keys) == 1:
+        return "[body]"
+    return "regexp_split_to_array(body, %s)" % _q(",?\\s+(?:%s)=" % "|".join(sorted(set(fmt.keys[1:]))))
+
+
+def _pieces(fmt, pattern, groups):
+    """Struct of ``groups`` from ``p``: the first piece minus its `key=`, the last minus `,?\\s*$` (what the
+    pattern's lazy groups leave out), else the pattern's own extraction."""
+    first = fmt.keys[0] + "="
+    fields = []
+    for i, g in enumerate(groups, 1):
+        v = "p[%d]" % i
+        if i == 1:  # the body matched `^\\s*key=`: the first `key=` ends the leading blanks
+            v = "substr(%s, strpos(%s, %s) + %d)" % (v, v, _q(first), len(first))
+        if i == len(groups):
+            v = "regexp_replace(%s, ',?\\s*$', '')" % v
+        fields.append("%s := %s" % (g, v))
+    return "CASE WHEN len(p) = %d THEN struct_pack(%s) ELSE regexp_extract(body, %s, [%s]) END" % (
+        len(groups),
+        ", ".join(fields),
+        _q(pattern),
+        ", ".join(map(_q, groups)),
     )
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import re
 
-# task-pid [cpu] flags ts: rest   (tgid column and flags optional; trace-cmd report prints no flags)
+# task-pid [cpu] flags ts: [name: ]rest   (tgid column and flags optional; trace-cmd report prints no flags).
+# The event name is matched in the same pass and read with one groups() call: this is the hot path of tracepoint
+# captures, where per-line Python work (not the regex) is what costs.
 _TP = re.compile(
-    r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S{4,6}\s+)?"
-    r"(?P<ts>\d+\.\d+):\s+(?P<rest>.*)$"
+    r"^\s*(.*?)-(\d+)\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[(\d+)\]\s+(?:\S{4,6}\s+)?(\d+\.\d+):\s+(?:(\w+):\s?)?(.*)$"
 )
 # [abstime |] cpu) [task-pid |] [marker] [duration us] | text
 _GRAPH = re.compile(
@@ -34,7 +35,6 @@ _GRAPH = re.compile(
 # trace-cmd's funcgraph_entry/funcgraph_exit body: [marker] [duration us] | text
 _GRAPH_BODY = re.compile(r"^\s*[+!#*@$]?\s*(?:(?P<dur>\d+(?:\.\d+)?)\s*us\s*)?\|(?P<text>.*)$")
 _SWITCH = re.compile(r"^\s*(?P<cpu>\d+)\)\s*(?P<pt>.+?)-(?P<pp>\d+)\s+=>\s+(?P<nt>.+?)-(?P<np>\d+)\s*$")
-_EVENT_NAME = re.compile(r"^(\w+):\s?(.*)$")
 _FUNC = re.compile(r"^(\S+)\s+<-+\s*(\S+)")
 _COMMENT = re.compile(r"^/\*\s*(\w+):\s?(.*?)\s*\*/\s*$")
 _EXIT_FN = re.compile(r"/\*\s*([^\s=*]+)")
@@ -57,9 +57,10 @@ def lex(lines, trace_cmd=False):
     graph_first = False
     for seq, line in enumerate(lines, 1):
         line = line.rstrip("\n")
-        if not line.strip():
+        stripped = line.lstrip()
+        if not stripped:
             continue
-        first = line.lstrip()[0]
+        first = stripped[0]
         if first == "#":
             if line.startswith("# tracer:"):
                 yield ("header", seq, "tracer", line.split(":", 1)[1].strip())
@@ -72,7 +73,7 @@ def lex(lines, trace_cmd=False):
             continue
         if first == "-" and line.strip("- ") == "":
             continue
-        if m := _LOST.search(line):
+        if "[LOST" in line and (m := _LOST.search(line)):  # substring test first: a search per line costs
             yield ("lost", seq, int(m.group(1)), int(m.group(2)))
             continue
         if trace_cmd:
@@ -141,18 +142,10 @@ def _tp_line(seq, line):
     m = _TP.match(line)
     if m is None:
         return None
-    task, pid, cpu, ts, rest = (
-        m.group("task").strip(),
-        int(m.group("pid")),
-        int(m.group("cpu")),
-        m.group("ts"),
-        m.group("rest"),
-    )
-    ts = float(ts)
-    e = _EVENT_NAME.match(rest)
-    if e is not None:
-        name, body = e.group(1), e.group(2)
-        if name in ("funcgraph_entry", "funcgraph_exit"):
+    task, pid, cpu, ts, name, body = m.groups()
+    task, pid, cpu, ts = task.strip(), int(pid), int(cpu), float(ts)
+    if name is not None:
+        if name == "funcgraph_entry" or name == "funcgraph_exit":
             g = _GRAPH_BODY.match(body)
             if g is None:
                 return ("skip", seq, "unreadable %s body" % name, line[:120])
@@ -167,7 +160,7 @@ def _tp_line(seq, line):
             if f:
                 return ("func", seq, cpu, task, pid, ts, f.group(1), f.group(2))
         return ("event", seq, cpu, task, pid, ts, name, body)
-    f = _FUNC.match(rest)
+    f = _FUNC.match(body)
     if f is not None:
         return ("func", seq, cpu, task, pid, ts, f.group(1), f.group(2))
     return ("skip", seq, "tracepoint line without an event name", line[:120])

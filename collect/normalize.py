@@ -140,6 +140,8 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
         zone_calls.on_close(frame, dur, status)
 
     graph = CallGraph(calls_w.append, on_close)
+    # Bound once: the event branch runs for every line of a tracepoint capture.
+    append_event, running, wants = w["events"].append, graph.current, pairer.WANTS
     header, skips, lost_markers, first_switch = {}, {}, 0, {}
     skip_samples, irq = [], 0
     try:
@@ -154,15 +156,21 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
                 graph.feed(seq, cpu, task, pid, ts, depth, op, fn, dur)
             elif kind == "event":
                 _, seq, cpu, task, pid, ts, name, body = rec
-                key, task, pid = graph.key_for(cpu, task, pid)
+                if pid is None:
+                    key, task, pid = graph.key_for(cpu, task, pid)
+                else:  # what key_for does for a line with a task column, minus the call; key only when needed
+                    running[cpu] = (task, pid)
+                    key = None
                 # Only the events that pair compactions are typed here; all of them are typed in bulk by DuckDB
                 # (tables.finalize_events) from the raw body, which is what keeps this loop fast.
-                if name in pairer.WANTS and pairer.wants(name, pid if pid is not None else -1 - cpu):
+                if name in wants and pairer.wants(name, pid if pid is not None else -1 - cpu):
+                    if key is None:
+                        key = graph._key(cpu, pid)
                     ints, strs, _ = parse_fields(name, body, formats)
                     stack = graph.stacks.get(key, ())
                     frames = [f for f in stack if f is not None and f.fn]
                     pairer.event(cpu, task, pid if pid is not None else -1 - cpu, ts, name, ints, strs, frames)
-                w["events"].append((seq, ts, cpu, task, pid, name, body))
+                append_event((seq, ts, cpu, task, pid, name, body))
             elif kind == "func":
                 _, seq, cpu, task, pid, ts, fn, parent = rec
                 calls_w.append(
