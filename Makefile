@@ -46,6 +46,11 @@ lint: setup
 pytest: setup
 	$(BIN)/pytest
 
+# Role scenarios on real QEMU guests, sharing one x86_64 and one arm64 guest (molecule/, .config/molecule/).
+# destroy_after_failure fails on purpose; tests/test_lab.py runs it.
+molecule: setup
+	$(BIN)/molecule test --all --exclude destroy_after_failure
+
 test: lint pytest
 
 bench: setup
