@@ -10,10 +10,13 @@ Captures compared (all real; nothing is synthesized field by field):
                vs collect); otherwise the seed's real x86 function_graph text is replayed (concatenated) to >= 1 M
                lines and compared against trace-cmd's lines/s on the tracepoint capture, and the output says so.
 Memory: peak RSS of each child (wait4); "flat" compares the peak for a quarter of the input with the full input.
+`--baseline REV` also runs collect/ as committed at REV on the same captures (rows "… @REV"): before/after figures
+measured in one run, so a loaded machine slows both alike.
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import shutil
@@ -40,12 +43,21 @@ def measure(argv, stdout=subprocess.DEVNULL):
     return wall, usage.ru_maxrss / 1024
 
 
-def normalize_cmd(host_dir, source):
+def normalize_cmd(host_dir, source, tree=None):
+    """Normalize in a child; ``tree``: a directory holding another collect/ to import instead of this one."""
     code = (
-        "import sys; from collect.normalize import normalize_host; "
+        "import sys; sys.path.insert(0, sys.argv[4]) if sys.argv[4] else None; "
+        "from collect.normalize import normalize_host; "
         "normalize_host(sys.argv[1], 'bench', 'h', prefer=sys.argv[2], out_dir=sys.argv[3])"
     )
-    return [sys.executable, "-c", code, host_dir, source, tempfile.mkdtemp(prefix="bench-out-")]
+    return [sys.executable, "-c", code, host_dir, source, tempfile.mkdtemp(prefix="bench-out-"), tree or ""]
+
+
+def export_tree(rev, dest):
+    """collect/ as committed at ``rev``, extracted under ``dest`` (git archive: the work tree is not touched)."""
+    archive = subprocess.run(["git", "archive", rev, "collect"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return dest
 
 
 def count_lines(path):
@@ -125,12 +137,26 @@ def row(name, lines, wall, rss, ref=None):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", metavar="REV", help="also run collect/ as committed at REV (before/after)")
+    args = ap.parse_args()
     if os.geteuid() != 0 or not os.path.isdir(os.path.join(TRACEFS, "instances")):
         raise SystemExit("bench_normalize records a real capture: run it as root on a host with tracefs")
     if shutil.which("trace-cmd") is None:
         raise SystemExit("trace-cmd is not installed: make setup")
     work = tempfile.mkdtemp(prefix="bench-normalize-")
     try:
+        base = export_tree(args.baseline, work) if args.baseline else None
+
+        def collect_rows(name, host_dir, source, lines, ref):
+            """This tree's row, then the baseline's on the same input."""
+            w, r = measure(normalize_cmd(host_dir, source))
+            row(name, lines, w, r, ref)
+            if base:
+                bw, br = measure(normalize_cmd(host_dir, source, base))
+                row("  same, collect @%s" % args.baseline, lines, bw, br, ref)
+            return w, r
+
         tp = os.path.join(work, "tracepoints")
         os.makedirs(tp)
         record_tracepoints(tp)
@@ -138,10 +164,8 @@ def main():
         print("%-52s %10s %8s %11s %9s %8s" % ("workload", "lines", "wall s", "lines/s", "peak MiB", "ratio"))
         tc_wall, tc_rss = measure(["trace-cmd", "report", "-t", "-i", os.path.join(tp, "trace.dat")])
         row("trace-cmd report trace.dat (tracepoints, reference)", tp_lines, tc_wall, tc_rss)
-        w, r = measure(normalize_cmd(tp, "txt"))
-        row("collect normalize trace.txt (same capture)", tp_lines, w, r, tc_wall)
-        w, r = measure(normalize_cmd(tp, "dat"))
-        row("collect normalize trace.dat (runs trace-cmd too)", tp_lines, w, r, tc_wall)
+        collect_rows("collect normalize trace.txt (same capture)", tp, "txt", tp_lines, tc_wall)
+        collect_rows("collect normalize trace.dat (runs trace-cmd too)", tp, "dat", tp_lines, tc_wall)
 
         lab = sorted(glob.glob(os.path.join(ROOT, "tests/fixtures/lab-*/trace.dat")))
         if lab:
@@ -149,14 +173,14 @@ def main():
             n = count_lines(os.path.join(ldir, "trace.txt")) if os.path.exists(os.path.join(ldir, "trace.txt")) else 0
             lw, lr = measure(["trace-cmd", "report", "-t", "-i", lab[0]])
             row("trace-cmd report %s" % os.path.relpath(lab[0], ROOT), n, lw, lr)
-            w, r = measure(normalize_cmd(ldir, "dat"))
-            row("collect normalize (same trace.dat)", n, w, r, lw)
+            collect_rows("collect normalize (same trace.dat)", ldir, "dat", n, lw)
         gdir = os.path.join(work, "graph")
         os.makedirs(gdir)
         g_lines = replay_seed(gdir, TARGET)
-        w_full, r_full = measure(normalize_cmd(gdir, "txt"))
         per_line_tc = tc_wall / tp_lines
-        row("collect normalize seed function_graph replayed", g_lines, w_full, r_full, per_line_tc * g_lines)
+        _, r_full = collect_rows(
+            "collect normalize seed function_graph replayed", gdir, "txt", g_lines, per_line_tc * g_lines
+        )
         qdir = os.path.join(work, "graph-quarter")
         os.makedirs(qdir)
         q_lines = replay_seed(qdir, TARGET // 4)
