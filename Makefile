@@ -51,7 +51,7 @@ pytest: setup
 molecule: setup
 	$(BIN)/molecule test --all --exclude destroy_after_failure
 
-test: lint pytest
+test: lint pytest molecule
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
