@@ -43,14 +43,15 @@ def measure(argv, stdout=subprocess.DEVNULL):
     return wall, usage.ru_maxrss / 1024
 
 
-def normalize_cmd(host_dir, source, tree=None):
-    """Normalize in a child; ``tree``: a directory holding another collect/ to import instead of this one."""
+def normalize_cmd(host_dir, source, out_root, tree=None):
+    """Normalize in a child into a new folder under ``out_root`` (removed with it); ``tree``: a directory holding
+    another collect/ to import instead of this one."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[4]) if sys.argv[4] else None; "
         "from collect.normalize import normalize_host; "
         "normalize_host(sys.argv[1], 'bench', 'h', prefer=sys.argv[2], out_dir=sys.argv[3])"
     )
-    return [sys.executable, "-c", code, host_dir, source, tempfile.mkdtemp(prefix="bench-out-"), tree or ""]
+    return [sys.executable, "-c", code, host_dir, source, tempfile.mkdtemp(prefix="out-", dir=out_root), tree or ""]
 
 
 def export_tree(rev, dest):
@@ -150,10 +151,10 @@ def main():
 
         def collect_rows(name, host_dir, source, lines, ref):
             """This tree's row, then the baseline's on the same input."""
-            w, r = measure(normalize_cmd(host_dir, source))
+            w, r = measure(normalize_cmd(host_dir, source, work))
             row(name, lines, w, r, ref)
             if base:
-                bw, br = measure(normalize_cmd(host_dir, source, base))
+                bw, br = measure(normalize_cmd(host_dir, source, work, base))
                 row("  same, collect @%s" % args.baseline, lines, bw, br, ref)
             return w, r
 
@@ -184,7 +185,7 @@ def main():
         qdir = os.path.join(work, "graph-quarter")
         os.makedirs(qdir)
         q_lines = replay_seed(qdir, TARGET // 4)
-        w_q, r_q = measure(normalize_cmd(qdir, "txt"))
+        w_q, r_q = measure(normalize_cmd(qdir, "txt", work))
         row("collect normalize seed replayed, 1/4 size", q_lines, w_q, r_q, per_line_tc * q_lines)
         print()
         print("ratio = collect wall / trace-cmd wall on the same capture (<= 1.0: faster than trace-cmd prints it).")
