@@ -180,6 +180,12 @@ def kthread_pids(prefix, proc_root="/proc"):
     return dict(sorted(out.items(), key=lambda kv: int(kv[0][len(prefix) :])))
 
 
+def task_state(pid, proc_root="/proc"):
+    """One-letter scheduler state of ``pid`` from /proc/PID/stat ('R' running, 'S' sleeping...), None if gone."""
+    stat = read(os.path.join(proc_root, str(pid), "stat")) if pid else None
+    return stat[stat.rfind(")") + 2 :].split()[0] if stat else None
+
+
 def auto_buffer_kb(tracer, cpus, seconds, mem_available_kb, share=0.25):
     """Per-CPU ring buffer size (KiB) for a capture, and why.
 

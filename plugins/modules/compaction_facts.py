@@ -91,7 +91,7 @@ from ansible.module_utils.fragmentation import (
     watermarks,
     would_trigger,
 )
-from ansible.module_utils.tracefs import capabilities, find_tracefs, mount_points
+from ansible.module_utils.tracefs import capabilities, find_tracefs, kthread_pids, mount_points, task_state
 
 
 class Reader:
@@ -122,26 +122,6 @@ def bracketed(text):
     """'always [madvise] never' -> 'madvise'."""
     m = re.search(r"\[([^\]]+)\]", text or "")
     return m.group(1) if m else (text or "").strip() or None
-
-
-def kthreads(proc_root):
-    """{comm: pid} for kcompactdN/kswapdN, plus {pid: state}."""
-    found, states = {}, {}
-    try:
-        pids = [p for p in os.listdir(proc_root) if p.isdigit()]
-    except OSError:
-        return found, states
-    for pid in pids:
-        try:
-            with open(os.path.join(proc_root, pid, "stat")) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
-        if re.match(r"^(kcompactd|kswapd)\d+$", comm):
-            found[comm] = int(pid)
-            states[int(pid)] = stat[stat.rfind(")") + 2 :].split()[0]
-    return found, states
 
 
 def debugfs_extfrag(reader, sys_root):
@@ -184,7 +164,7 @@ def gather(proc_root="/proc", sys_root="/sys"):
 
     buddy = r.proc("buddyinfo", "free block counts per order")
     zoneinfo = r.proc("zoneinfo", "zone present/managed pages")
-    procs, states = kthreads(proc_root)
+    procs = {**kthread_pids("kcompactd", proc_root), **kthread_pids("kswapd", proc_root)}
     facts["nodes"] = []
     facts["wmark_formula"] = None
     if buddy is not None and zoneinfo is not None and facts["hpage_order"] is not None:
@@ -192,8 +172,8 @@ def gather(proc_root="/proc", sys_root="/sys"):
         low, high, formula = watermarks(p, facts["kernel"])
         facts["wmark_formula"] = formula
         for node, n in node_scores(parse_buddyinfo(buddy), parse_zoneinfo(zoneinfo), facts["hpage_order"]).items():
-            kswapd_pid = procs.get("kswapd%d" % node)
-            kswapd_running = states.get(kswapd_pid) == "R"
+            # kswapd_is_running(): the kswapd thread is on a run queue (TASK_RUNNING).
+            kswapd_running = task_state(procs.get("kswapd%d" % node), proc_root) == "R"
             trig, why = would_trigger(n["score"], high, p, kswapd_running)
             facts["nodes"].append(
                 {

@@ -101,6 +101,7 @@ from ansible.module_utils.fragmentation import (
     watermarks,
     would_trigger,
 )
+from ansible.module_utils.tracefs import kthread_pids, task_state
 
 # The trace clocks user space can read directly, and the clock_gettime clock that matches each.
 READABLE_CLOCKS = {"mono": time.CLOCK_MONOTONIC, "mono_raw": time.CLOCK_MONOTONIC_RAW, "boot": time.CLOCK_BOOTTIME}
@@ -119,28 +120,6 @@ def instance_dir(name):
         if os.path.isdir(path):
             return path
     raise OSError("tracefs instance %r not found under /sys/kernel/tracing/instances" % name)
-
-
-def kswapd_pids():
-    """{node: pid} of kswapdN, looked up once: kernel threads keep their pids."""
-    out = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            comm = read("/proc/%s/comm" % pid).strip()
-        except OSError:
-            continue
-        m = re.match(r"^kswapd(\d+)$", comm)
-        if m:
-            out[int(m.group(1))] = pid
-    return out
-
-
-def running(pid):
-    try:
-        stat = read("/proc/%s/stat" % pid)
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :].split()[0] == "R"
 
 
 def main():
@@ -173,7 +152,8 @@ def main():
     except (OSError, ValueError, AttributeError) as e:
         module.fail_json(msg="cannot start sampling: %s" % e)
     ts_source = "clock" if clock_id is not None else "marker" if marker else "none"
-    kswapd = kswapd_pids()
+    # Kernel threads keep their pids: look them up once.
+    kswapd = {int(comm[len("kswapd") :]): pid for comm, pid in kthread_pids("kswapd").items()}
     release = platform.release()
     peak = {}
     seq = 0
@@ -193,7 +173,7 @@ def main():
                 nodes = node_scores(parse_buddyinfo(read("/proc/buddyinfo")), zoneinfo, order)
                 vmstat = parse_vmstat(read("/proc/vmstat"), ("compact_", "pgmigrate_"))
                 for node, n in nodes.items():
-                    kswapd_running = running(kswapd.get(node))
+                    kswapd_running = task_state(kswapd.get(node)) == "R"
                     if marker:
                         marker.write("compaction_lab_score seq=%d node=%d score=%d\n" % (seq, node, n["score"]))
                         marker.flush()
