@@ -56,10 +56,11 @@ def test_spreads_one_page_per_aligned_block_and_releases(fragmenter):
     assert ready["pfn_source"] == "pagemap" and ready["oom_score_adj"] == 1000
     held = [s["held_pages"] for s in steps]
     assert [s["order"] for s in steps] == [1, 4, 9]
-    assert ready["pages"] > held[0] > held[1] > held[2] > 0
-    # One page per 2^9 block at most: 64 MiB spans at least 32 such blocks; the held count is bounded by the
-    # number of distinct blocks, never by the page count.
-    assert held[2] <= ready["pages"] // 2
+    # Physical placement is the allocator's: at order 1 every page may sit alone in its pair (seen in a CI run:
+    # 16384 of 16384 pages held), so a step never holds more than the one before, and at order 9 never more
+    # than one page per 2 MiB block of the whole machine's memory.
+    assert ready["pages"] >= held[0] >= held[1] >= held[2] > 0
+    assert held[2] <= os.sysconf("SC_PHYS_PAGES") >> 9
     assert thp["event"] == "thp" and thp["faulted_kb"] == 8192
     assert released == {"event": "released", "reason": "release", "held_pages": held[2]}
     assert no_fragmenter_left(fragmenter)
