@@ -48,7 +48,9 @@ pytest: setup
 
 # Role scenarios on real QEMU guests, sharing one x86_64 and one arm64 guest (molecule/, .config/molecule/).
 # destroy_after_failure fails on purpose; tests/test_lab.py runs it.
+# destroy first: a run killed mid-scenario leaves molecule's state saying "created" for guests that are gone.
 molecule: setup
+	$(BIN)/molecule destroy --all
 	$(BIN)/molecule test --all --exclude destroy_after_failure
 
 test: lint pytest molecule
