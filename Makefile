@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
+# With recommends, as the lab recipes were measured (chromium brings its fonts for the report screenshot).
 APT_PACKAGES := python3-venv python3-dev qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static \
   debootstrap gdb trace-cmd stress-ng busybox-static build-essential bc bison flex libelf-dev \
   libssl-dev dwarves cpio kmod rsync openssh-client e2fsprogs gcc-aarch64-linux-gnu linux-source-6.1 \
-  systemd chromium
+  systemd chromium iproute2 procps util-linux xz-utils
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test lint pytest molecule bench clean
@@ -21,7 +22,7 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo ">> apt: installing $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv $(VENV)
 	@echo ">> venv: installing pinned tool chain and collect (editable)"
