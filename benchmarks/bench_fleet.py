@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,12 @@ def playbook(name: str, *args: str) -> float:
         cwd=ROOT,
         check=True,
         stdout=subprocess.DEVNULL,
-        env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+        # The caller's environment stays (HOME locates the lab cache and its SSH key).
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        },
     )
     return time.monotonic() - start
 
