@@ -27,7 +27,11 @@ CONFIGS = {
 }
 
 
-def build(workdir: Path, artifacts: Path, extra: dict) -> dict:
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def build(workdir: Path, artifacts: Path, name: str, extra: dict) -> dict:
     shutil.rmtree(workdir / "build", ignore_errors=True)
     shutil.rmtree(workdir / "out", ignore_errors=True)
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PATH=f"{BIN}:{os.environ['PATH']}")
@@ -37,12 +41,17 @@ def build(workdir: Path, artifacts: Path, extra: dict) -> dict:
         "kernel_build_artifacts_dir": str(artifacts),
         **extra,
     }
-    start = time.monotonic()
-    subprocess.run(
-        [BIN / "ansible-playbook", ROOT / "playbooks/kernel_build.yml", "-e", json.dumps(variables)],
-        cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    # The play's output goes to a log next to the trees: a failed build names its make error there.
+    log = workdir / f"{name.split()[0]}.play.log"
+    load_before, start = loadavg(), time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [BIN / "ansible-playbook", ROOT / "playbooks/kernel_build.yml", "-e", json.dumps(variables)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     wall = time.monotonic() - start
+    if proc.returncode:
+        sys.exit(f"{name}: kernel_build.yml failed (rc {proc.returncode}); see {log}")
     manifest = json.loads(next(artifacts.glob("*/manifest.json")).read_text())
     shutil.rmtree(artifacts)
     out = workdir / "out" / manifest["id"]
@@ -51,6 +60,7 @@ def build(workdir: Path, artifacts: Path, extra: dict) -> dict:
         "wall_s": wall,
         "image_mb": (out / manifest["image"]).stat().st_size / 2**20,
         "vmlinux_mb": (out / "vmlinux").stat().st_size / 2**20,
+        "load": f"{load_before} -> {loadavg()}",
         "options": sum(1 for line in (out / ".config").read_text().splitlines() if line.startswith("CONFIG_")),
     }
 
@@ -60,17 +70,18 @@ def main() -> None:
     parser.add_argument("--workdir", default="/var/tmp/compaction-lab/bench_kernel_build")
     args = parser.parse_args()
     workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     results = {}
     for name, extra in CONFIGS.items():
         with tempfile.TemporaryDirectory() as artifacts:
-            results[name] = build(workdir, Path(artifacts) / "kernels", extra)
+            results[name] = build(workdir, Path(artifacts) / "kernels", name, extra)
         print(f"{name}: {results[name]}", flush=True)
     lab, ref = results["tinyconfig-lab + fragments"], results["defconfig"]
-    print(f"\n{'':28} {'make s':>8} {'wall s':>8} {'image MB':>9} {'vmlinux MB':>11} {'options':>8}")
+    print(f"\n{'':28} {'make s':>8} {'wall s':>8} {'image MB':>9} {'vmlinux MB':>11} {'options':>8}  loadavg")
     for name, r in results.items():
         print(
             f"{name:28} {r['make_s']:8.0f} {r['wall_s']:8.0f} {r['image_mb']:9.1f} {r['vmlinux_mb']:11.1f} "
-            f"{r['options']:8d}"
+            f"{r['options']:8d}  {r['load']}"
         )
     print(f"\nlab kernel / defconfig build time: {lab['make_s'] / ref['make_s']:.2f}  (cores: {os.cpu_count()})")
 
