@@ -22,10 +22,10 @@ _INT64_MAX = (1 << 63) - 1
 class EventFormat:
     """One event's format file: the printed keys in order, and which of them print as hex."""
 
-    __slots__ = ("fields", "hex_keys", "keys", "name", "range_keys", "system")
+    __slots__ = ("fields", "hex_keys", "keys", "name", "range_keys", "system", "text")
 
     def __init__(self, system, name, text):
-        self.system, self.name = system, name
+        self.system, self.name, self.text = system, name, text
         m = _PRINT_FMT.search(text)
         fmt = m.group(1) if m else ""
         # key=%lx / key=0x%lx / key=%p print as hex; the rest as written.
@@ -128,30 +128,35 @@ def _pattern(fmt):
     return "^\\s*" + ",?\\s+".join(re.escape(k) + "=(.*?)" for k in fmt.keys) + ",?\\s*$"
 
 
-def _typed_branch(fmt):
-    """SELECT for one event: split the body with the format's keys in print order, type each value."""
-    pattern = _pattern(fmt)
-    groups = ["f%d" % i for i in range(len(fmt.keys))]  # positional: a key may be printed twice
+def _let(name, value, expr):
+    """``expr`` with ``name`` bound to ``value`` (evaluated once): DuckDB has no LET, a one-item lambda does it."""
+    return "list_transform([%s], lambda %s: %s)[1]" % (value, name, expr)
+
+
+def _values(fmt):
+    """SQL list of the format's printed values (positional: a key may be printed twice), split from ``body``."""
+    groups = ["f%d" % i for i in range(len(fmt.keys))]
+    listed = "[%s]" % ", ".join("s.%s" % g for g in groups)
+    return _let("p", _split(fmt), _let("s", _pieces(fmt, _pattern(fmt), groups), listed))
+
+
+def _typed_maps(fmt):
+    """(fields_int, fields_str) SQL of one event whose body matched its format, from the list ``v`` (_values)."""
     ints, strs, seen = [], [], set()
-    for k, g in zip(fmt.keys, groups, strict=True):
+    for i, k in enumerate(fmt.keys, 1):
         if k in seen:
             continue
         seen.add(k)
-        v = "trim(s.%s)" % g
+        v = "trim(v[%d])" % i
         if k in fmt.range_keys:
-            for i, suffix in ((1, "_start"), (2, "_end")):
-                part = "regexp_extract(%s, '^\\((\\S+) ~ (\\S+)\\)$', %d)" % (v, i)
+            for n, suffix in ((1, "_start"), (2, "_end")):
+                part = "regexp_extract(%s, '^\\((\\S+) ~ (\\S+)\\)$', %d)" % (v, n)
                 ints.append("{'key': %s, 'value': %s}" % (_q(k + suffix), _int_expr(part, True)))
             continue
         iv = _int_expr(v, k in fmt.hex_keys)
         ints.append("{'key': %s, 'value': %s}" % (_q(k), iv))
         strs.append("{'key': %s, 'value': CASE WHEN %s IS NULL THEN %s END}" % (_q(k), iv, v))
-    return (
-        "SELECT run, host, seq, ts, cpu, task, pid, event, %s AS system, %s AS fields_int, %s AS fields_str, "
-        "'ok' AS parse_status, NULL AS body "
-        "FROM (SELECT *, %s AS s FROM (SELECT *, %s AS p FROM t WHERE event = %s AND ok))"
-        % (_q(fmt.system), _map(ints), _map(strs), _pieces(fmt, pattern, groups), _split(fmt), _q(fmt.name))
-    )
+    return _map(ints), _map(strs)
 
 
 def _split(fmt):
@@ -193,39 +198,84 @@ def _map(entries):
 
 
 # Events without a usable format: key=value pairs split on whitespace/commas (a parenthesised value kept whole).
-_GENERIC = (
-    "SELECT run, host, seq, ts, cpu, task, pid, event, NULL AS system, "
+_GENERIC_KV = "(\\w+)=(\\([^)]*\\)|[^\\s,]+)"
+_GENERIC_INT = (
     "map_from_entries(list_filter(list_transform(range(1, len(ks) + 1), "
-    "lambda i: {'key': ks[i], 'value': TRY_CAST(vs[i] AS BIGINT)}), lambda e: e.value IS NOT NULL)) AS fields_int, "
+    "lambda i: {'key': ks[i], 'value': TRY_CAST(vs[i] AS BIGINT)}), lambda e: e.value IS NOT NULL))"
+)
+_GENERIC_STR = (
     "map_from_entries(list_filter(list_transform(range(1, len(ks) + 1), "
     "lambda i: {'key': ks[i], 'value': CASE WHEN TRY_CAST(vs[i] AS BIGINT) IS NULL THEN vs[i] END}), "
-    "lambda e: e.value IS NOT NULL)) AS fields_str, "
-    "CASE WHEN event IN ('print', 'tracing_mark_write') THEN 'print' WHEN len(ks) = 0 THEN 'unparsed' "
-    "WHEN %s THEN 'mismatch' "
-    "WHEN %s THEN 'unknown_event' ELSE 'no_format' END AS parse_status, body "
-    "FROM (SELECT *, regexp_extract_all(body, '(\\w+)=(\\([^)]*\\)|[^\\s,]+)', 1) AS ks, "
-    "regexp_extract_all(body, '(\\w+)=(\\([^)]*\\)|[^\\s,]+)', 2) AS vs FROM t WHERE NOT ok)"
+    "lambda e: e.value IS NOT NULL))"
 )
 
 
-def typed_events_sql(formats):
-    """(setup, query) typing every event of the `raw` relation: the format's split where it matches the body, the
-    generic split (status mismatch / no_format / unknown_event) where it does not."""
-    typed = [f for f in formats.values() if f.keys]
-    branches = [_typed_branch(f) for f in typed]
+def _typed(formats):
+    return [f for f in formats.values() if f.keys]
+
+
+def status_sql(formats):
+    """(parse_status, system) SQL of a stored event row: the status over its ``event`` and ``body``, decided once at
+    normalize time (ok when the body matches its format's pattern, else the generic split's status); the system
+    over ``event`` and that ``parse_status``."""
+    typed = _typed(formats)
     known = "(" + ", ".join(_q(f.name) for f in typed) + ")" if typed else "('')"
-    # Does the body match its format? Decided once per row (materialised as t), then every branch filters on it.
     ok = (
         "CASE event %s ELSE false END"
         % " ".join("WHEN %s THEN regexp_full_match(body, %s)" % (_q(f.name), _q(_pattern(f))) for f in typed)
         if typed
         else "false"
     )
-    unknown = "%s AND event NOT IN %s" % ("true" if formats else "false", known)
-    branches.append(_GENERIC % ("event IN %s" % known, unknown))
-    return (
-        "CREATE TEMP TABLE t AS SELECT *, %s AS ok FROM raw" % ok,
-        "SELECT run, host, seq, ts, cpu, task, pid, event, system::VARCHAR AS system, "
-        "fields_int::MAP(VARCHAR, BIGINT) AS fields_int, fields_str::MAP(VARCHAR, VARCHAR) AS fields_str, "
-        "parse_status, body::VARCHAR AS body FROM (%s)" % " UNION ALL ".join(branches),
+    status = (
+        "CASE WHEN %s THEN 'ok' WHEN event IN ('print', 'tracing_mark_write') THEN 'print' "
+        "WHEN NOT regexp_matches(body, %s) THEN 'unparsed' WHEN event IN %s THEN 'mismatch' "
+        "WHEN %s THEN 'unknown_event' ELSE 'no_format' END"
+        % (ok, _q(_GENERIC_KV), known, "true" if formats else "false")
+    )
+    if not typed:
+        return status, "NULL::VARCHAR"
+    cases = " ".join("WHEN %s THEN %s" % (_q(f.name), _q(f.system)) for f in typed)
+    return status, "CASE WHEN parse_status = 'ok' THEN CASE event %s END END" % cases
+
+
+def dump_formats(formats):
+    """JSON-able {name: [system, format text]} of ``formats`` (kept with the tables: fields are typed from it)."""
+    return {n: [f.system, f.text] for n, f in formats.items()}
+
+
+def formats_from_dump(dump):
+    return {n: EventFormat(system, n, text) for n, (system, text) in (dump or {}).items()}
+
+
+def fields_sql(formats, rel):
+    """SELECT over the stored events relation ``rel`` adding the typed ``fields_int``/``fields_str`` maps.
+
+    Typed at query time from ``body``: DuckDB computes the two columns only for queries that read them (the maps
+    cost more to build than the rest of normalizing), for the rows those queries keep."""
+    typed = _typed(formats)
+    ints, strs = [], []
+    for f in typed:
+        i, s = _typed_maps(f)
+        ints.append("WHEN %s THEN %s" % (_q(f.name), i))
+        strs.append("WHEN %s THEN %s" % (_q(f.name), s))
+
+    def pick(cases, generic):
+        if not cases:
+            return generic
+        values = "CASE event %s END" % " ".join("WHEN %s THEN %s" % (_q(f.name), _values(f)) for f in typed)
+        return "CASE WHEN parse_status = 'ok' THEN %s ELSE %s END" % (
+            _let("v", values, "CASE event %s END" % " ".join(cases)),
+            generic,
+        )
+
+    def generic(expr):
+        kv = _q(_GENERIC_KV)
+        return _let(
+            "ks", "regexp_extract_all(body, %s, 1)" % kv, _let("vs", "regexp_extract_all(body, %s, 2)" % kv, expr)
+        )
+
+    return "SELECT *, %s::MAP(VARCHAR, BIGINT) AS fields_int, %s::MAP(VARCHAR, VARCHAR) AS fields_str FROM %s" % (
+        pick(ints, generic(_GENERIC_INT)),
+        pick(strs, generic(_GENERIC_STR)),
+        rel,
     )

@@ -125,10 +125,8 @@ def pick_source(host_dir, prefer="auto"):
 def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
     """Stream one trace into calls/events/switches/compactions; returns the integrity facts found in it."""
     os.makedirs(out_dir, exist_ok=True)
-    w = {
-        "events": tables.TableWriter(os.path.join(out_dir, "events.raw.parquet"), "events_raw", run, host),
-        "switches": tables.TableWriter(os.path.join(out_dir, "switches.parquet"), "switches", run, host),
-    }
+    events_w = tables.EventsWriter(out_dir, run, host, formats)
+    switches_w = tables.TableWriter(os.path.join(out_dir, "switches.parquet"), "switches", run, host)
     raw_calls = os.path.join(out_dir, "calls.raw.parquet")
     calls_w = tables.TableWriter(raw_calls, "calls", run, host)
     comp_rows = []
@@ -141,7 +139,7 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
 
     graph = CallGraph(calls_w.append, on_close)
     # Bound once: the event branch runs for every line of a tracepoint capture.
-    append_event, running, wants = w["events"].append, graph.current, pairer.WANTS
+    append_event, running, wants = events_w.append, graph.current, pairer.WANTS
     header, skips, lost_markers, first_switch = {}, {}, 0, {}
     skip_samples, irq = [], 0
     try:
@@ -162,7 +160,7 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
                     running[cpu] = (task, pid)
                     key = None
                 # Only the events that pair compactions are typed here; all of them are typed in bulk by DuckDB
-                # (tables.finalize_events) from the raw body, which is what keeps this loop fast.
+                # (tables.EventsWriter.close) from the raw body, which is what keeps this loop fast.
                 if name in wants and pairer.wants(name, pid if pid is not None else -1 - cpu):
                     if key is None:
                         key = graph._key(cpu, pid)
@@ -181,7 +179,7 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
                 if cpu not in graph.current:
                     first_switch.setdefault(cpu, (seq, pt, pp))
                 graph.switch(cpu, pt, pp, nt, np_)
-                w["switches"].append((seq, cpu, pt, pp, nt, np_))
+                switches_w.append((seq, cpu, pt, pp, nt, np_))
             elif kind == "header":
                 _, _, k, v = rec
                 if k == "cpu_buffer_started":
@@ -206,12 +204,9 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
     graph.finish()
     pairer.finish()
     calls_w.close()
-    for x in w.values():
-        x.close()
+    switches_w.close()
     tables.finalize_calls(raw_calls, os.path.join(out_dir, "calls.parquet"), first_switch)
-    event_status = tables.finalize_events(
-        os.path.join(out_dir, "events.raw.parquet"), os.path.join(out_dir, "events.parquet"), formats
-    )
+    event_status = events_w.close()
     if pairer.begins == 0 and pairer.ends_without_begin == 0:
         for row in zone_calls.rows():
             row = list(row)
@@ -233,7 +228,7 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
         "irq_markers": irq,
         "compaction_ends_without_begin": pairer.ends_without_begin,
         "calls": calls_w.count,
-        "events": w["events"].count,
+        "events": events_w.count,
     }
 
 

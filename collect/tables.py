@@ -6,6 +6,7 @@ a run, or several runs, through one glob; see docs/collect.md for the columns.
 
 from __future__ import annotations
 
+import json
 import os
 
 import duckdb
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 
 from collect.callgraph import CALL_COLUMNS
 from collect.compactions import COMPACTION_COLUMNS
-from collect.events import typed_events_sql
+from collect.events import dump_formats, fields_sql, formats_from_dump, status_sql
 
 S, I32, I64, F64, B = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
 KEY = [("run", S), ("host", S)]
@@ -67,13 +68,11 @@ SCHEMAS = {
             ("pid", I32),
             ("event", S),
             ("system", S),
-            ("fields_int", pa.map_(S, I64)),
-            ("fields_str", pa.map_(S, S)),
             ("parse_status", S),
             ("body", S),
         ]
     ),
-    # events as streamed, fields still in the printed body: finalize_events types them in bulk
+    # events as the Python lexer streams them: EventsWriter.close adds system and parse_status in bulk
     "events_raw": pa.schema(
         [*KEY, ("seq", I64), ("ts", F64), ("cpu", I32), ("task", S), ("pid", I32), ("event", S), ("body", S)]
     ),
@@ -156,21 +155,43 @@ def write_rows(path, name, run, host, rows):
     return w.count
 
 
+FORMATS_FILE = "formats.json"
+
+
+def _sql_str(text):
+    return "'%s'" % text.replace("'", "''")
+
+
 def connect(table_dirs):
-    """DuckDB connection with one view per table over every ``<dir>/<table>.parquet`` given."""
+    """DuckDB connection with one view per table over every ``<dir>/<table>.parquet`` given; the events view adds
+    ``fields_int``/``fields_str``, typed from each dir's own formats (events.fields_sql)."""
     con = duck()
     for name in TABLES:
         files = [os.path.join(d, name + ".parquet") for d in table_dirs]
         files = [f for f in files if os.path.exists(f)]
-        if files:
+        if name == "events":
+            parts = [fields_sql(_dir_formats(os.path.dirname(f)), "read_parquet(%s)" % _sql_str(f)) for f in files]
+            if not parts:
+                con.register("_empty_events", SCHEMAS[name].empty_table())
+                parts = [fields_sql({}, "_empty_events")]
+            con.execute("CREATE VIEW events AS %s" % " UNION ALL BY NAME ".join("(%s)" % p for p in parts))
+        elif files:
             con.execute(
                 "CREATE VIEW %s AS SELECT * FROM read_parquet(%s, union_by_name=true)"
-                % (name, "[" + ",".join("'%s'" % f.replace("'", "''") for f in files) + "]")
+                % (name, "[" + ",".join(_sql_str(f) for f in files) + "]")
             )
         else:  # an empty view with the right columns, so queries need no special cases
             con.register("_empty_" + name, SCHEMAS[name].empty_table())
             con.execute("CREATE VIEW %s AS SELECT * FROM _empty_%s" % (name, name))
     return con
+
+
+def _dir_formats(table_dir):
+    try:
+        with open(os.path.join(table_dir, FORMATS_FILE)) as f:
+            return formats_from_dump(json.load(f))
+    except FileNotFoundError:
+        return {}
 
 
 def finalize_calls(raw_path, out_path, first_switch):
@@ -204,18 +225,49 @@ def finalize_calls(raw_path, out_path, first_switch):
     os.unlink(raw_path)
 
 
-def finalize_events(raw_path, out_path, formats):
-    """Type every event's fields from its format in one vectorised DuckDB pass; returns {parse_status: count}."""
-    con = duck()
-    con.execute("CREATE VIEW raw AS SELECT * FROM read_parquet('%s')" % raw_path.replace("'", "''"))
-    setup, query = typed_events_sql(formats)
-    con.execute(setup)
-    con.execute("COPY (%s) TO '%s' (FORMAT parquet, COMPRESSION zstd)" % (query, out_path.replace("'", "''")))
-    counts = dict(
-        con.execute(
-            "SELECT parse_status, count(*) FROM read_parquet('%s') GROUP BY 1" % out_path.replace("'", "''")
-        ).fetchall()
-    )
-    con.close()
-    os.unlink(raw_path)
-    return counts
+class EventsWriter:
+    """events.parquet: Arrow batches already typed in DuckDB (the text fast path) and the Python lexer's rows, whose
+    system and parse_status finalize() adds in one DuckDB pass."""
+
+    def __init__(self, out_dir, run, host, formats):
+        self.path = os.path.join(out_dir, "events.parquet")
+        self.run, self.host, self.formats = run, host, formats
+        self.raw = TableWriter(os.path.join(out_dir, "events.raw.parquet"), "events_raw", run, host)
+        self.append = self.raw.append
+        self.writer = pq.ParquetWriter(self.path, SCHEMAS["events"], compression="zstd")
+        self.counts = {}
+        self.closed = False
+        with open(os.path.join(out_dir, FORMATS_FILE), "w") as f:
+            json.dump(dump_formats(formats), f)
+
+    @property
+    def count(self):
+        return sum(self.counts.values()) if self.closed else self.raw.count + sum(self.counts.values())
+
+    def write_batch(self, batch):
+        """``batch``: SCHEMAS["events"] columns minus run/host."""
+        n = batch.num_rows
+        if not n:
+            return
+        cols = [pa.array([self.run] * n, S), pa.array([self.host] * n, S), *batch.columns]
+        self.writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["events"]))
+        for k, c in zip(*batch.column("parse_status").value_counts().flatten(), strict=True):
+            self.counts[k.as_py()] = self.counts.get(k.as_py(), 0) + c.as_py()
+
+    def close(self):
+        """Type the Python lexer's rows, close the file; returns {parse_status: count}."""
+        self.raw.close()
+        if self.raw.count:
+            con = duck()
+            status, system = status_sql(self.formats)
+            reader = con.sql(
+                "SELECT seq, ts, cpu, task, pid, event, %s AS system, parse_status, body FROM "
+                "(SELECT *, %s AS parse_status FROM read_parquet(%s))" % (system, status, _sql_str(self.raw.path))
+            ).to_arrow_reader(65536)
+            for batch in reader:
+                self.write_batch(pa.RecordBatch.from_arrays(batch.columns, names=batch.schema.names))
+            con.close()
+        os.unlink(self.raw.path)
+        self.writer.close()
+        self.closed = True
+        return dict(self.counts)

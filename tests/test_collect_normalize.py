@@ -15,6 +15,7 @@ import duckdb
 import pytest
 
 from collect import summary as summary_mod
+from collect import tables
 from collect.normalize import NormalizeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,18 +109,18 @@ def test_host_capture_txt(host_copy):
 
 def test_host_capture_fields_typed_from_format(host_copy):
     summary_mod.summarize(str(host_copy), prefer="txt")
-    con = duckdb.connect()
-    ev = str(host_copy / "normalized/events.parquet")
-    bad = con.execute(f"SELECT count(*) FROM '{ev}' WHERE parse_status <> 'ok'").fetchone()[0]
+    con = tables.connect([str(host_copy / "normalized")])  # the events view types fields from the host's formats
+    ev = "events"
+    bad = con.execute(f"SELECT count(*) FROM {ev} WHERE parse_status <> 'ok'").fetchone()[0]
     assert bad == 0
-    fin = f"FROM '{ev}' WHERE event = 'mm_compaction_finished'"
+    fin = f"FROM {ev} WHERE event = 'mm_compaction_finished'"
     zones = {z for (z,) in con.execute(f"SELECT DISTINCT fields_str['zone'] {fin}").fetchall()}
     assert zones == {"DMA", "DMA32", "Normal"}
     orders = {o for (o,) in con.execute(f"SELECT DISTINCT fields_int['order'] {fin}").fetchall()}
     assert orders == {-1}  # manual compaction: cc.order = -1
     # range=(0x1 ~ 0x200): one printed field, two typed pfns.
     lo, hi = con.execute(
-        f"SELECT fields_int['range_start'], fields_int['range_end'] FROM '{ev}' "
+        f"SELECT fields_int['range_start'], fields_int['range_end'] FROM {ev} "
         "WHERE event = 'mm_compaction_isolate_migratepages' ORDER BY seq LIMIT 1"
     ).fetchone()
     assert lo < hi
