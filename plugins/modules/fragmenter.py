@@ -122,6 +122,11 @@ thp:
   description: The program's thp record (requested_kb, faulted_kb, anon_huge_kb, seconds) when I(thp_mb) > 0.
   type: dict
   returned: when thp_mb > 0
+thp_modes:
+  description: THP C(enabled) and C(defrag) modes in force for the faults.
+  type: dict
+  returned: when thp_mb > 0
+  sample: {enabled: madvise, defrag: madvise}
 ready:
   description: The program's ready record (pages, page_size, allocated_kb, alloc_seconds, pfn_source, oom_score_adj).
   type: dict
@@ -251,6 +256,7 @@ def main():
             msg="need 1 <= min_order (%d) <= max_order (%d) <= huge-page order (%d): a larger K leaves free "
             "blocks of huge-page size, which do not count as fragmented" % (min_order, max_order, order)
         )
+    thp = None
     if p["thp_mb"] > 0:
         thp = {k: read("/sys/kernel/mm/transparent_hugepage/" + k) for k in ("enabled", "defrag")}
         thp = {k: v[v.find("[") + 1 : v.find("]")] for k, v in thp.items()}
@@ -283,6 +289,8 @@ def main():
         "wmark_formula": formula,
         "target_score": target,
     }
+    if thp:
+        result["thp_modes"] = thp
     if module.check_mode:
         module.exit_json(**result)
 
