@@ -1,9 +1,10 @@
 """gdb session records (results/<run>/<host>/gdb/*.json, written by roles/kgdb) as stacks and call paths.
 
 `python -m collect gdb-stacks results/<run>` prints every hit's stack; `--function X` answers "call path of X"
-from the real stacks (each distinct path from X out to the entry point, with how often it was seen). The report
-shows the stacks beside the ftrace call tree of the same host, joined to the traced call of the same function
-and pid (nearest in time when trace.meta.json carries a clock_offset).
+from the real stacks (each distinct path from X out to the entry point, with how often it was seen). Beside the
+ftrace call tree of the same run (`collect report`, and here when the host was traced), each hit is joined to the
+traced call it stopped in: same pid, and on the trace clock when gdb read the hit's time from the guest's ring
+buffer (roles/kgdb/files/kgdb_gdb/traceclock.py).
 """
 
 from __future__ import annotations
@@ -51,35 +52,78 @@ def _frame_line(f):
     return "#%-2d %s(%s) %s%s" % (f["level"], f["function"], args, where, " [inlined]" if f.get("inlined") else "")
 
 
-def ftrace_match(con, host, run, hit, clock_offset=None):
-    """The traced call of the hit's function by the same pid: nearest in time when the trace clock maps to wall
-    time (clock_offset = wall - trace seconds), else the first. None without a trace or a pid."""
+def ftrace_match(con, host, run, hit):
+    """The traced call a hit stopped in, or None (no trace, no pid, or no traced function in its stack).
+
+    The innermost function of the hit's stack that the trace has calls of, by the same pid. When gdb read the
+    hit's trace-clock time (``trace_clock.ts``: the last event written on the hitting CPU before the stop) the
+    call is chosen by time: the one whose [entry, exit] holds it, else the nearest — a breakpoint on a function's
+    first instruction stops just before its entry is traced. Without that time: the pid's first call."""
     pid = (hit.get("task") or {}).get("pid")
-    if con is None or pid is None or not hit.get("frames"):
+    if con is None or pid is None:
         return None
-    order = "abs(ts + %f - %f)" % (clock_offset, hit["epoch"]) if clock_offset is not None else "ts"
-    row = con.execute(
-        "SELECT ts, duration_us, parent, count(*) OVER () FROM calls WHERE host=? AND run=? AND function=? "
-        "AND pid=? ORDER BY %s LIMIT 1" % order,
-        [host, run, hit["frames"][0]["function"], pid],
-    ).fetchone()
-    if not row:
-        return None
-    return {"ts": row[0], "duration_us": row[1], "parent": row[2], "calls": row[3], "by_time": order != "ts"}
+    stamp = (hit.get("trace_clock") or {}).get("ts")
+    if stamp is not None:
+        end = "ts + coalesce(duration_us, 0) / 1e6"
+        dist = "CASE WHEN ts <= $t AND $t <= %s THEN 0 WHEN ts > $t THEN ts - $t ELSE $t - (%s) END" % (end, end)
+    else:
+        dist = "NULL"
+    for frame in hit.get("frames", []):
+        row = con.execute(
+            "SELECT ts, duration_us, parent, count(*) OVER (), %s AS dist FROM calls WHERE host=$h AND run=$r "
+            "AND function=$f AND pid=$p ORDER BY dist NULLS LAST, ts LIMIT 1" % dist,
+            {"h": host, "r": run, "f": frame["function"], "p": pid, **({"t": stamp} if stamp is not None else {})},
+        ).fetchone()
+        if row:
+            return {
+                "function": frame["function"],
+                "level": frame["level"],
+                "ts": row[0],
+                "duration_us": row[1],
+                "parent": row[2],
+                "calls": row[3],
+                "by_time": stamp is not None,
+                "stamp": stamp,
+                "distance_us": None if row[4] is None else round(row[4] * 1e6, 3),
+            }
+    return None
 
 
-def _clock_offset(host_dir):
+def _match_line(hit, m):
+    head = "  ftrace: %d traced call(s) of %s (frame #%d) by this pid; " % (m["calls"], m["function"], m["level"])
+    call = "the call at %.6f s, %.1f µs long, parent %s" % (m["ts"], m["duration_us"] or 0.0, m["parent"])
+    if not m["by_time"]:
+        return head + "first one (no trace-clock time for this hit): " + call
+    where = "inside" if m["distance_us"] == 0 else "%.1f µs from" % m["distance_us"]
+    return head + "hit at %.6f s on the trace clock (cpu %s), %s %s" % (
+        m["stamp"],
+        hit["trace_clock"].get("cpu"),
+        where,
+        call,
+    )
+
+
+def connect(host_dir):
+    """(DuckDB connection over the host's normalized tables, run id) or (None, None) without a normalized trace."""
+    out = os.path.join(host_dir, "normalized")
+    if not os.path.exists(os.path.join(out, "calls.parquet")):
+        return None, None
+    from collect import tables
+
+    return tables.connect([out]), _run_id(os.path.dirname(host_dir))
+
+
+def _run_id(run_dir):
     try:
-        with open(os.path.join(host_dir, "trace.meta.json")) as f:
-            off = json.load(f).get("clock_offset")
+        with open(os.path.join(run_dir, "run.json")) as f:
+            return json.load(f).get("run") or os.path.basename(run_dir)
     except (OSError, ValueError):
-        return None
-    return off if isinstance(off, int | float) else None
+        return os.path.basename(run_dir)
 
 
 def text(host_dir, con=None, host=None, run=None):
     """Every session and hit of one host as plain text (the report's <pre> block)."""
-    lines, offset, recs = [], _clock_offset(host_dir), records(host_dir)
+    lines, recs = [], records(host_dir)
     for fn in dict.fromkeys(h["frames"][0]["function"] for r in recs for h in r.get("hits", []) if h.get("frames")):
         for path, n in call_paths(recs, fn).most_common():
             lines.append("call path of %s (seen %d times): %s" % (fn, n, " ← ".join(path)))
@@ -101,18 +145,11 @@ def text(host_dir, con=None, host=None, run=None):
                 )
             for expr, val in hit.get("values", {}).items():
                 lines.append("  %s = %s" % (expr, json.dumps(val)))
-            match = ftrace_match(con, host, run, hit, offset)
+            match = ftrace_match(con, host, run, hit)
             if match:
-                lines.append(
-                    "  ftrace: %d traced call(s) of %s by this pid; %s one: parent %s, %.1f µs"
-                    % (
-                        match["calls"],
-                        hit["frames"][0]["function"],
-                        "nearest" if match["by_time"] else "first",
-                        match["parent"],
-                        match["duration_us"] or 0.0,
-                    )
-                )
+                lines.append(_match_line(hit, match))
+            elif (hit.get("trace_clock") or {}).get("error"):
+                lines.append("  trace clock: %s" % hit["trace_clock"]["error"])
     return "\n".join(lines)
 
 
@@ -154,8 +191,16 @@ def _cmd(args):
             print("== %s: call paths of %s (%d)" % (os.path.basename(d), args.function, sum(paths.values())))
             for path, n in paths.most_common():
                 print("%4d  %s" % (n, " ← ".join(path)))
-        elif args.json:
-            print(json.dumps({"host": os.path.basename(d), "records": recs}))
+            continue
+        con, run = connect(d)
+        host = os.path.basename(d)
+        if args.json:
+            for rec in recs:
+                for hit in rec.get("hits", []):
+                    hit["ftrace"] = ftrace_match(con, host, run, hit)
+            print(json.dumps({"host": host, "records": recs}))
         else:
-            print("== %s\n%s" % (os.path.basename(d), text(d)))
+            print("== %s\n%s" % (host, text(d, con, host, run)))
+        if con is not None:
+            con.close()
     return 0

@@ -60,6 +60,10 @@ def cli(argv=None) -> int:
     run.add_argument("--auto-load-dir", action="append", default=[], help="trusted dir with vmlinux-gdb.py")
     run.add_argument("--substitute-path", nargs=2, action="append", default=[], metavar=("FROM", "TO"))
     run.add_argument("--gdb", default="gdb")
+    run.add_argument(
+        "--trace-buffer",
+        help="tracefs instance (or 'global') being traced: each hit records its time on that buffer's trace clock",
+    )
     run.add_argument("--preflight", action="store_true", help="all refusal checks, never connect")
     rel = sub.add_parser("release", help="connect and detach: resumes a guest a killed gdb left stopped")
     rel.add_argument("--target", required=True)
@@ -102,6 +106,7 @@ def cli(argv=None) -> int:
             "state_file": args.state_file and os.path.abspath(args.state_file),
             "substitute_paths": args.substitute_path,
             "preflight": args.preflight,
+            "trace_buffer": args.trace_buffer,
         }
     except (OSError, ValueError) as exc:
         print(f"kgdb_session: {exc}", file=sys.stderr)

@@ -19,8 +19,9 @@ import time
 
 import gdb
 
-from . import schema
+from . import schema, traceclock
 from .evaluate import evaluate
+from .graph_unwind import GraphReturnUnwinder
 from .values import fields, to_json
 
 # Debian's DWARF names assembler files by absolute build path; C files are relative to the tree.
@@ -69,6 +70,8 @@ class Session:
         self.running = False
         self.deadline_hit = threading.Event()
         self.last_stop = None
+        self.trace_buffer = None
+        self.unwinder = None
         self.bps: list[tuple[gdb.Breakpoint, dict]] = []
         self.counts: dict[int, int] = {}
 
@@ -133,6 +136,11 @@ class Session:
         if self.args["transport"] == "kgdb":
             self.refuse_ftrace_sites()
         self.layout = self.task_layout()
+        if "error" not in self.layout and self.layout["current_task"] is not None:
+            task_t = gdb.lookup_global_symbol("init_task").type.strip_typedefs()
+            self.unwinder = GraphReturnUnwinder.install(task_t)
+        buffer = self.args.get("trace_buffer")
+        self.trace_buffer = traceclock.resolve(buffer) if buffer else None
 
     def refuse_ftrace_sites(self):
         """KGDB plants int3 in guest text; on an ftrace patch site (__mcount_loc) ftrace later finds the int3
@@ -186,6 +194,10 @@ class Session:
 
     def watchdog(self):
         self.deadline_hit.set()
+        if self.args["transport"] == "kgdb":
+            # kgdboc drops gdb's ^C while the kernel runs: the role enters the debugger with sysrq-g on `deadline`.
+            self.state("deadline")
+            return
         gdb.post_event(lambda: gdb.execute("interrupt") if self.running else None)
 
     def run(self):
@@ -245,6 +257,10 @@ class Session:
             bp.enabled = False
         now = time.time()
         cap = spec["capture"]
+        task, task_addr = self.current_task()
+        if self.unwinder is not None:  # see through function_graph's return hooks of this task
+            self.unwinder.task = task_addr
+            gdb.invalidate_cached_frames()
         frame0 = gdb.newest_frame()
         hit = {
             "n": len(self.record["hits"]) + 1,
@@ -253,11 +269,14 @@ class Session:
             "time": _utc(now),
             "epoch": now,
             "thread": gdb.selected_thread().num,
-            "task": self.current_task(),
+            "task": task,
             "jiffies": self.safe_int("jiffies_64"),
+            "trace_clock": None,
             "frames": self.frames(frame0, cap["backtrace"]) if cap["backtrace"] else [],
             "values": {},
         }
+        if self.trace_buffer is not None:
+            hit["trace_clock"] = traceclock.stamp(self.trace_buffer, hit["task"].get("cpu"))
         if cap["locals"]:
             hit["locals"] = self.locals(frame0)
         for expr in cap["expressions"]:
@@ -297,30 +316,43 @@ class Session:
 
         try:
             task_t = gdb.lookup_global_symbol("init_task").type.strip_typedefs()
-            layout = {"pid": offset(task_t, "pid"), "comm": offset(task_t, "comm")}
+            layout = {"pid": offset(task_t, "pid"), "comm": offset(task_t, "comm"), "cpu": offset(task_t, "cpu")}
+            if layout["cpu"] is None and offset(task_t, "thread_info") is not None:  # THREAD_INFO_IN_TASK
+                info_t = task_t["thread_info"].type.strip_typedefs()
+                inner = offset(info_t, "cpu")
+                layout["cpu"] = None if inner is None else offset(task_t, "thread_info") + inner
             sym = gdb.lookup_global_symbol("current_task")  # x86 per-cpu; arm64 keeps current in sp_el0
             layout["current_task"] = int(sym.value().address) if sym else None
         except (AttributeError, gdb.error) as exc:
             return {"error": str(exc)}
         return layout
 
+    def percpu_base(self, frame):
+        if self.args["transport"] == "kgdb":  # KGDB's x86_64 registers have no gs_base
+            cpu = int(_ev("kgdb_active.counter"))  # the CPU that entered the debugger
+            return int(_ev(f"__per_cpu_offset[{cpu}]")) & (1 << 64) - 1
+        return int(frame.read_register("gs_base")) & (1 << 64) - 1  # gdb reads it as signed
+
     def current_task(self):
-        """pid/comm of the task that hit, for joining with ftrace lines (which carry pid and comm)."""
+        """(pid/comm/cpu of the task that hit, for joining with ftrace lines; its task_struct address)."""
         lay = self.layout
         if "error" in lay or lay["pid"] is None or lay["comm"] is None:
-            return {"error": f"task_struct layout unknown: {lay}"}
+            return {"error": f"task_struct layout unknown: {lay}"}, None
         frame, mem = gdb.newest_frame(), gdb.selected_inferior()
         try:
             if lay["current_task"] is not None:
-                base = int(frame.read_register("gs_base")) & (1 << 64) - 1  # gdb reads it as signed
+                base = self.percpu_base(frame)
                 task = struct.unpack("<Q", bytes(mem.read_memory(base + lay["current_task"], 8)))[0]
             else:
                 task = int(frame.read_register("sp_el0"))
             pid = struct.unpack("<i", bytes(mem.read_memory(task + lay["pid"], 4)))[0]
             comm = bytes(mem.read_memory(task + lay["comm"], 16)).split(b"\0", 1)[0].decode("utf-8", "replace")
+            cpu = None
+            if lay["cpu"] is not None:  # the running task's cpu is the CPU that hit
+                cpu = struct.unpack("<I", bytes(mem.read_memory(task + lay["cpu"], 4)))[0]
         except (ValueError, OverflowError, gdb.error, gdb.MemoryError) as exc:
-            return {"error": f"current task not readable: {exc}"}
-        return {"pid": pid, "comm": comm}
+            return {"error": f"current task not readable: {exc}"}, None
+        return {"pid": pid, "comm": comm, "cpu": cpu}, task
 
     @staticmethod
     def _function_block(frame):
@@ -333,7 +365,15 @@ class Session:
         out = []
         # Past the entry code (entry_SYSCALL_64, irq entries) the unwinder walks user/garbage stack: stop at the
         # first frame without a symbol.
-        while frame is not None and len(out) < limit and frame.name():
+        hooked = False
+        while frame is not None and len(out) < limit:
+            # By pc: gdb names a caller frame by pc - 1, which for the hook's first byte is the preceding symbol.
+            if self.unwinder is not None and frame.pc() == self.unwinder.handler:
+                hooked = True  # function_graph's hook: the unwinder resumes at the original caller
+                frame = frame.older()
+                continue
+            if not frame.name():
+                break
             sal = frame.find_sal()
             entry = {
                 "level": len(out),
@@ -344,6 +384,9 @@ class Session:
                 "inlined": frame.type() == gdb.INLINE_FRAME,
                 "args": {},
             }
+            if hooked:
+                entry["ftrace_graph_return"] = True  # return address restored from the task's ret_stack
+                hooked = False
             try:
                 block = self._function_block(frame)
                 for sym in block or []:
