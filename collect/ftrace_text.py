@@ -45,6 +45,55 @@ _STARTED = re.compile(r"#+ CPU (\d+) buffer started #+")
 _TC_BUFFER = re.compile(r"^[\w.-]+: {2,}")
 
 
+# The vectorised form of _tp_line, for the lines DuckDB splits itself (split_text_sql): a named tracepoint line
+# whose fields cut at fixed separators give exactly _TP's groups — ASCII task without brackets, blanks that are
+# spaces, flags without ':', one space after `ts:`, and `name:` followed by the end or by one space and a printable
+# character. Any other line (headers, graph lines, lost markers, odd spacing, non-ASCII) goes through lex(), so
+# each line has one reading. Pieces of a plain line: head = up to '[', rest = after ']' = `flags ts: name: body`.
+_TP_PLAIN = (
+    r"^ *[!-\"$-Z\\^-~][ -Z\\^-~]*?-\d+ +(?:\( *(?:\d+|-+)\) +)?\[\d+\] +(?:[!-9;-~]{4,6} +)?"
+    r"\d+\.\d+: \w+:(?: [!-~]|$)"
+)
+_TGID = r" *\( *(?:\d+|-+)\)$"
+_GRAPH_PREFIX = r"^\s*(?:\d+\.\d+\s*\|\s*)?\d+\)"
+
+
+def _sql(text):
+    return "'%s'" % text.replace("'", "''")
+
+
+def split_text_sql(path, python_names):
+    """DuckDB query streaming every line of the text trace ``path`` as (seq, line) for lex() — NULL line when DuckDB
+    split it — and, for plain tracepoint lines whose event is not in ``python_names``, the columns
+    ts, cpu, task, pid, event, body (what _tp_line yields for them). Line numbers are the file's (blank lines kept)."""
+    names = ", ".join(_sql(n) for n in sorted({"funcgraph_entry", "funcgraph_exit", "function", *python_names}))
+    return f"""
+    SELECT seq, CASE WHEN event IS NULL THEN line END AS line,
+      CAST(right(stamp, strpos(reverse(stamp), ' ') - 1) AS DOUBLE) AS ts, cpu,
+      trim(left(who, dash - 1)) AS task, CAST(substr(who, dash + 1) AS INTEGER) AS pid, event,
+      substr(after, length(event) + 3) AS body
+    FROM (
+      SELECT seq, line, stamp, after, cpu, who, length(who) - strpos(reverse(who), '-') + 1 AS dash,
+        CASE WHEN name NOT IN ({names}) THEN name END AS event
+      FROM (
+        SELECT seq, line, left(rest, strpos(rest, ': ') - 1) AS stamp, substr(rest, strpos(rest, ': ') + 2) AS after,
+          left(substr(rest, strpos(rest, ': ') + 2), strpos(substr(rest, strpos(rest, ': ') + 2), ':') - 1) AS name,
+          CASE WHEN suffix(head, ')') THEN rtrim(regexp_replace(head, {_sql(_TGID)}, '')) ELSE head END AS who,
+          CASE WHEN rest IS NOT NULL THEN CAST(substr(line, strpos(line, '[') + 1, strpos(line, ']')
+            - strpos(line, '[') - 1) AS INTEGER) END AS cpu
+        FROM (
+          SELECT seq, line, rest, CASE WHEN rest IS NOT NULL THEN rtrim(left(line, strpos(line, '[') - 1)) END AS head
+          FROM (
+            SELECT seq, line, CASE WHEN regexp_matches(line, {_sql(_TP_PLAIN)}) AND NOT contains(line, '[LOST')
+              AND NOT regexp_matches(line, {_sql(_GRAPH_PREFIX)}) THEN substr(line, strpos(line, ']') + 1) END AS rest
+            FROM (SELECT row_number() OVER () AS seq, line FROM read_csv({_sql(path)}, header = false,
+              columns = {{'line': 'VARCHAR'}}, delim = '\x01', quote = '', escape = '', auto_detect = false))
+          )
+        )
+      )
+    )"""
+
+
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 
 
@@ -52,10 +101,11 @@ class TraceFormatError(ValueError):
     """The input is not ftrace text at all (binary data, wrong file)."""
 
 
-def lex(lines, trace_cmd=False):
-    """Yield one tuple per line of ``lines`` (an iterable of str). See the module docstring."""
+def lex(lines, trace_cmd=False, numbered=False):
+    """Yield one tuple per line of ``lines`` (an iterable of str; of (line number, str) when ``numbered``: the lines
+    split_text_sql left to Python). See the module docstring."""
     graph_first = False
-    for seq, line in enumerate(lines, 1):
+    for seq, line in lines if numbered else enumerate(lines, 1):
         line = line.rstrip("\n")
         stripped = line.lstrip()
         if not stripped:

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from collect import tables
 from collect.ftrace_text import TRACE_DAT_MAGIC
 from collect.normalize import OUT_DIR, NormalizeError, normalize_host
 
@@ -69,7 +70,9 @@ def resolve(path, workdir=None):
 def ensure_normalized(h, force=False, prefer="auto"):
     """Normalize a host unless its tables are newer than every raw input; returns host.json's content."""
     info_path = os.path.join(h.out_dir, "host.json")
-    if not force and os.path.exists(info_path):
+    # formats.json marks tables whose events view types fields at query time (older ones stored the maps)
+    current = os.path.exists(os.path.join(h.out_dir, tables.FORMATS_FILE))
+    if not force and current and os.path.exists(info_path):
         stamp = os.path.getmtime(info_path)
         raws = [os.path.join(h.raw_dir, n) for n in (*RAW_NAMES, "vmstat_delta.json", "facts_after.json")]
         if all(not os.path.exists(r) or os.path.getmtime(r) <= stamp for r in raws):

@@ -12,13 +12,15 @@ import os
 import shutil
 import subprocess
 
+import duckdb
+import pyarrow.compute as pc
 from compaction_module_utils import fragmentation, tracefs
 
 from collect import tables
 from collect.callgraph import CallGraph
 from collect.compactions import CompactionPairer, ZoneCallCompactions
-from collect.events import load_formats, parse_fields
-from collect.ftrace_text import TraceFormatError, lex, open_text
+from collect.events import load_formats, parse_fields, status_sql
+from collect.ftrace_text import TraceFormatError, lex, open_text, split_text_sql
 
 OUT_DIR = "normalized"
 SKIP_SAMPLES = 5
@@ -122,8 +124,51 @@ def pick_source(host_dir, prefer="auto"):
     return None, None
 
 
+class _SplitFailed(Exception):
+    pass
+
+
 def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
-    """Stream one trace into calls/events/switches/compactions; returns the integrity facts found in it."""
+    """Stream one trace into calls/events/switches/compactions; returns the integrity facts found in it.
+
+    A text trace is read by DuckDB (ftrace_text.split_text_sql): the plain tracepoint lines go to events.parquet
+    without a Python step, the rest to lex(). A file DuckDB cannot read as lines (invalid UTF-8, control bytes) is
+    read by lex() alone, which counts what it cannot parse."""
+    if source_kind == "txt":
+        try:
+            open_text(path).close()  # refuses trace.dat and binary files with the fix
+        except TraceFormatError as e:
+            raise NormalizeError(str(e)) from e
+        try:
+            return _normalize_trace(source_kind, path, out_dir, run, host, formats, split=True)
+        except _SplitFailed:
+            pass
+    return _normalize_trace(source_kind, path, out_dir, run, host, formats, split=False)
+
+
+def _split_lines(path, events_w, python_names):
+    """(seq, line) of the lines lex() must read; the others, split by DuckDB, are written to ``events_w``."""
+    con = tables.duck()
+    con.execute("SET preserve_insertion_order = true")  # row_number() OVER () = line number
+    status, system = status_sql(events_w.formats)
+    query = (
+        "SELECT seq, line, ts, cpu, task, pid, event, %s AS system, parse_status, body FROM "
+        "(SELECT *, CASE WHEN event IS NOT NULL THEN %s END AS parse_status FROM (%s))"
+        % (system, status, split_text_sql(path, python_names))
+    )
+    try:
+        for batch in con.sql(query).to_arrow_reader(65536):
+            split = pc.is_valid(batch.column("event"))
+            events_w.write_batch(batch.filter(split).drop_columns(["line"]))
+            rest = batch.filter(pc.is_valid(batch.column("line")))  # blank lines are NULL: lex() skips them anyway
+            yield from zip(rest.column("seq").to_pylist(), rest.column("line").to_pylist(), strict=True)
+    except duckdb.Error as e:
+        raise _SplitFailed(str(e)) from e
+    finally:
+        con.close()
+
+
+def _normalize_trace(source_kind, path, out_dir, run, host, formats, split):
     os.makedirs(out_dir, exist_ok=True)
     events_w = tables.EventsWriter(out_dir, run, host, formats)
     switches_w = tables.TableWriter(os.path.join(out_dir, "switches.parquet"), "switches", run, host)
@@ -143,11 +188,14 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
     header, skips, lost_markers, first_switch = {}, {}, 0, {}
     skip_samples, irq = [], 0
     try:
-        lines = trace_cmd_lines(path) if source_kind == "dat" else open_text(path)
+        if split:
+            lines = _split_lines(path, events_w, wants)
+        else:
+            lines = trace_cmd_lines(path) if source_kind == "dat" else open_text(path)
     except TraceFormatError as e:
         raise NormalizeError(str(e)) from e
     try:
-        for rec in lex(lines, trace_cmd=source_kind == "dat"):
+        for rec in lex(lines, trace_cmd=source_kind == "dat", numbered=split):
             kind = rec[0]
             if kind == "graph":
                 _, seq, cpu, task, pid, ts, depth, op, fn, dur = rec
@@ -197,6 +245,10 @@ def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
                     skip_samples.append({"line": seq, "reason": reason, "text": text})
     except TraceFormatError as e:
         raise NormalizeError(str(e)) from e
+    except _SplitFailed:
+        for w in (calls_w, switches_w, events_w):
+            w.close(discard=True)
+        raise
     finally:
         if hasattr(lines, "close"):
             lines.close()
@@ -301,6 +353,7 @@ def normalize_host(host_dir, run, host, prefer="auto", out_dir=None):
     os.makedirs(out_dir, exist_ok=True)
     meta = read_json(os.path.join(host_dir, "trace.meta.json"), {}) or {}
     formats = load_formats(os.path.join(host_dir, "formats"))
+    tables.write_formats(out_dir, formats)
     kind, path = pick_source(host_dir, prefer)
     missing = []
     if kind is None:

@@ -142,9 +142,12 @@ class TableWriter:
         self.count += n
         self.rows = []
 
-    def close(self):
-        self.flush()
+    def close(self, discard=False):
+        if not discard:
+            self.flush()
         self.writer.close()
+        if discard:
+            os.unlink(self.path)
 
 
 def write_rows(path, name, run, host, rows):
@@ -184,6 +187,12 @@ def connect(table_dirs):
             con.register("_empty_" + name, SCHEMAS[name].empty_table())
             con.execute("CREATE VIEW %s AS SELECT * FROM _empty_%s" % (name, name))
     return con
+
+
+def write_formats(table_dir, formats):
+    """The host's event formats beside its tables: the events view types fields from them."""
+    with open(os.path.join(table_dir, FORMATS_FILE), "w") as f:
+        json.dump(dump_formats(formats), f)
 
 
 def _dir_formats(table_dir):
@@ -237,8 +246,6 @@ class EventsWriter:
         self.writer = pq.ParquetWriter(self.path, SCHEMAS["events"], compression="zstd")
         self.counts = {}
         self.closed = False
-        with open(os.path.join(out_dir, FORMATS_FILE), "w") as f:
-            json.dump(dump_formats(formats), f)
 
     @property
     def count(self):
@@ -254,9 +261,13 @@ class EventsWriter:
         for k, c in zip(*batch.column("parse_status").value_counts().flatten(), strict=True):
             self.counts[k.as_py()] = self.counts.get(k.as_py(), 0) + c.as_py()
 
-    def close(self):
+    def close(self, discard=False):
         """Type the Python lexer's rows, close the file; returns {parse_status: count}."""
-        self.raw.close()
+        self.raw.close(discard)
+        if discard:
+            self.writer.close()
+            os.unlink(self.path)
+            return {}
         if self.raw.count:
             con = duck()
             status, system = status_sql(self.formats)
