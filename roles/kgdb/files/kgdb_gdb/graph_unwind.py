@@ -18,7 +18,8 @@ CALLEE_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")
 
 
 class FrameId:
-    """What create_unwind_info() wants (gdb 14 ships gdb.unwinder.FrameId; Debian 12 has gdb 13)."""
+    """What create_unwind_info() wants, with gdb.Value sp/pc (gdb 14 ships gdb.unwinder.FrameId; Debian 12 has
+    gdb 13, which rejects plain ints)."""
 
     def __init__(self, sp, pc):
         self.sp, self.pc = sp, pc
@@ -73,7 +74,7 @@ class GraphReturnUnwinder(Unwinder):
             return None
         if ret is None:
             return None
-        info = pending.create_unwind_info(FrameId(sp, self.handler))
+        info = pending.create_unwind_info(FrameId(pending.read_register("rsp"), pc))
         for reg in CALLEE_SAVED:
             info.add_saved_register(reg, pending.read_register(reg))
         info.add_saved_register("rsp", pending.read_register("rsp"))
