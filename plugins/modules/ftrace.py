@@ -560,7 +560,10 @@ def _snapshot(path, rel):
     if rel in ("set_ftrace_filter", "set_ftrace_notrace", "set_ftrace_pid", "set_graph_function", "set_event_pid"):
         return " ".join(ln.split()[0] for ln in text.splitlines() if ln.strip() and not ln.startswith("#"))
     if rel == "buffer_size_kb":
-        return text.split()[0] if text.split() else "1410"
+        # Never traced since boot: "7 (expanded: 1410)" - the buffer is still minimal and the kernel expands it to
+        # 1410 at the first use; writing back 7 would leave the next user a 7 KiB buffer.
+        m = re.search(r"expanded:\s*(\d+)", text)
+        return m.group(1) if m else text.split()[0] if text.split() else "1410"
     return text.strip()
 
 
