@@ -29,10 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACEFS = "/sys/kernel/tracing"
 INSTANCE = os.path.join(TRACEFS, "instances", "collect-bench")
 TARGET = 1_000_000
+CPU = []  # CPU seconds of each measured child, in order: a loaded machine stretches wall time, not these
 
 
 def measure(argv, stdout=subprocess.DEVNULL):
-    """(wall seconds, peak RSS MiB) of one child process."""
+    """(wall seconds, peak RSS MiB) of one child process; its CPU seconds (user + sys) go to CPU[-1]."""
     t = time.monotonic()
     proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -40,6 +41,7 @@ def measure(argv, stdout=subprocess.DEVNULL):
     err = proc.stderr.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit("%s failed: %s" % (" ".join(argv), err[-800:]))
+    CPU.append(usage.ru_utime + usage.ru_stime)
     return wall, usage.ru_maxrss / 1024
 
 
@@ -132,9 +134,14 @@ def replay_seed(out, target):
     return n
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def row(name, lines, wall, rss, ref=None):
     ratio = "%.2f" % (wall / ref) if ref else "-"
-    print("%-52s %10d %8.2f %11.0f %9.0f %8s" % (name, lines, wall, lines / wall, rss, ratio))
+    print("%-52s %10d %8.2f %7.2f %11.0f %9.0f %8s" % (name, lines, wall, CPU[-1], lines / wall, rss, ratio))
 
 
 def main():
@@ -162,7 +169,9 @@ def main():
         os.makedirs(tp)
         record_tracepoints(tp)
         tp_lines = count_lines(os.path.join(tp, "trace.txt"))
-        print("%-52s %10s %8s %11s %9s %8s" % ("workload", "lines", "wall s", "lines/s", "peak MiB", "ratio"))
+        print("load average before: %s" % loadavg())
+        cols = ("workload", "lines", "wall s", "cpu s", "lines/s", "peak MiB", "ratio")
+        print("%-52s %10s %8s %7s %11s %9s %8s" % cols)
         tc_wall, tc_rss = measure(["trace-cmd", "report", "-t", "-i", os.path.join(tp, "trace.dat")])
         row("trace-cmd report trace.dat (tracepoints, reference)", tp_lines, tc_wall, tc_rss)
         collect_rows("collect normalize trace.txt (same capture)", tp, "txt", tp_lines, tc_wall)
@@ -187,6 +196,7 @@ def main():
         q_lines = replay_seed(qdir, TARGET // 4)
         w_q, r_q = measure(normalize_cmd(qdir, "txt", work))
         row("collect normalize seed replayed, 1/4 size", q_lines, w_q, r_q, per_line_tc * q_lines)
+        print("load average after: %s" % loadavg())
         print()
         print("ratio = collect wall / trace-cmd wall on the same capture (<= 1.0: faster than trace-cmd prints it).")
         print(

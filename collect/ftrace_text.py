@@ -216,6 +216,22 @@ def _tp_line(seq, line):
     return ("skip", seq, "tracepoint line without an event name", line[:120])
 
 
+def mostly_tracepoints(path, sample=256):
+    """Are most of the first ``sample`` trace lines of ``path`` tracepoint events? Then split_text_sql pays off;
+    for function_graph or function text nearly every line would still go to lex(), through DuckDB first."""
+    events = seen = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            rec = _tp_line(0, line.rstrip("\n"))
+            events += rec is not None and rec[0] == "event"
+            seen += 1
+            if seen >= sample:
+                break
+    return events * 2 > seen
+
+
 def open_text(path):
     """Open a text trace for streaming; refuses binary files (e.g. trace.dat passed as text) with the fix."""
     with open(path, "rb") as f:

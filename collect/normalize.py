@@ -20,7 +20,7 @@ from collect import tables
 from collect.callgraph import CallGraph
 from collect.compactions import CompactionPairer, ZoneCallCompactions
 from collect.events import load_formats, parse_fields, status_sql
-from collect.ftrace_text import TraceFormatError, lex, open_text, split_text_sql
+from collect.ftrace_text import TraceFormatError, lex, mostly_tracepoints, open_text, split_text_sql
 
 OUT_DIR = "normalized"
 SKIP_SAMPLES = 5
@@ -131,18 +131,19 @@ class _SplitFailed(Exception):
 def normalize_trace(source_kind, path, out_dir, run, host, formats, meta):
     """Stream one trace into calls/events/switches/compactions; returns the integrity facts found in it.
 
-    A text trace is read by DuckDB (ftrace_text.split_text_sql): the plain tracepoint lines go to events.parquet
-    without a Python step, the rest to lex(). A file DuckDB cannot read as lines (invalid UTF-8, control bytes) is
-    read by lex() alone, which counts what it cannot parse."""
+    A text trace of mostly tracepoint lines is read by DuckDB (ftrace_text.split_text_sql): the plain tracepoint
+    lines go to events.parquet without a Python step, the rest to lex(). Other text (function_graph) and a file DuckDB
+    cannot read as lines (invalid UTF-8, control bytes) are read by lex() alone, which counts what it cannot parse."""
     if source_kind == "txt":
         try:
             open_text(path).close()  # refuses trace.dat and binary files with the fix
         except TraceFormatError as e:
             raise NormalizeError(str(e)) from e
-        try:
-            return _normalize_trace(source_kind, path, out_dir, run, host, formats, split=True)
-        except _SplitFailed:
-            pass
+        if mostly_tracepoints(path):
+            try:
+                return _normalize_trace(source_kind, path, out_dir, run, host, formats, split=True)
+            except _SplitFailed:
+                pass
     return _normalize_trace(source_kind, path, out_dir, run, host, formats, split=False)
 
 
