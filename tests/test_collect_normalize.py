@@ -210,3 +210,25 @@ def test_lab_capture_normalizes(fixture, tmp_path):
     if meta["tracer"] == "function_graph":
         assert s["functions"], "a function_graph capture without calls"
         assert any(f.startswith("compact_zone") for f in s["functions"])
+
+
+def test_global_buffer_capture_on_6_1_agrees_with_the_kernel_counters(tmp_path):
+    """lab-x86 6.1: function_graph in the global buffer (the module's fallback there), automatic buffer, nothing lost.
+
+    The parsed graph must agree with the kernel's own vmstat: compaction_alloc (the migration target allocator) is
+    called once per page migrated, so its call count equals pgmigrate_success of the same compaction.
+    """
+    fixture = ROOT / "tests/fixtures/lab-x86-6.1"
+    host = tmp_path / "run" / fixture.name
+    shutil.copytree(fixture, host, ignore=shutil.ignore_patterns("*.md"))
+    s = summary_mod.summarize(str(host))["hosts"][fixture.name]
+    meta = json.loads((fixture / "trace.meta.json").read_text())
+    assert meta["mode"] == "global" and meta["instance"] is None
+    assert s["integrity"]["lost_events"] == 0 and s["integrity"]["complete"], s["integrity"]
+    assert [(c["zone"], c["trigger"], c["status"]) for c in s["compactions"]] == [
+        ("DMA", "manual", "complete"),
+        ("DMA32", "manual", "complete"),
+    ]
+    assert s["events"]["mm_compaction_begin"] == s["events"]["mm_compaction_end"] == len(s["compactions"])
+    migrated = json.loads((fixture / "vmstat_delta.json").read_text())["pgmigrate_success"]
+    assert s["functions"]["compaction_alloc"]["calls"] == migrated > 0
