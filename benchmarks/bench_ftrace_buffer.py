@@ -47,26 +47,31 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="local", help="inventory host (default: local)")
     ap.add_argument("--rounds", type=int, default=2, help="capture pairs (default 2)")
+    ap.add_argument("--keep", type=Path, help="keep the runs' results under this folder (default: thrown away)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_ftrace_buffer.") as tmp:
+        tmp = args.keep or tmp
         for r in range(args.rounds):
             for label, kb in (("auto", 0), ("kernel default", KERNEL_DEFAULT_KB)):
                 meta = capture(args.host, kb, Path(tmp) / ("%d-%d" % (r, kb)))
-                rows.append((label, meta))
-    print("host %s  kernel %s  tracer %s%s" % (
-        args.host, rows[0][1]["kernel"], rows[0][1]["tracer"],
+                rows.append((label, meta, " ".join(Path("/proc/loadavg").read_text().split()[:3])))
+    print("host %s  kernel %s  tracer %s (%s buffer)%s" % (
+        args.host, rows[0][1]["kernel"], rows[0][1]["tracer"], rows[0][1]["mode"],
         "  (fallback: %s)" % rows[0][1]["fallback_reason"] if rows[0][1]["fallback_reason"] else ""))  # fmt: skip
-    print("%-15s %12s %12s %12s %12s %8s" % ("buffer", "KiB/CPU", "written", "in buffer", "lost", "lost %"))
+    print("machine shared with other engineers: load = /proc/loadavg (1/5/15 min) after each capture")
+    print(
+        "%-15s %12s %12s %12s %12s %8s   %s" % ("buffer", "KiB/CPU", "written", "in buffer", "lost", "lost %", "load")
+    )
     totals = {}
-    for label, m in rows:
+    for label, m, load in rows:
         written, lost = m["entries_written"], m["lost_events"]
         totals.setdefault(label, [0, 0])
         totals[label][0] += written
         totals[label][1] += lost
         share = 100.0 * lost / written if written else 0.0
-        print("%-15s %12d %12d %12d %12d %7.2f%%" % (
-            label, m["buffer_size_kb"], written, m["entries_in_buffer"], lost, share))  # fmt: skip
+        print("%-15s %12d %12d %12d %12d %7.2f%%   %s" % (
+            label, m["buffer_size_kb"], written, m["entries_in_buffer"], lost, share, load))  # fmt: skip
     (aw, al), (dw, dl) = totals["auto"], totals["kernel default"]
     print("lost share, auto vs kernel default: %.2f%% vs %.2f%%" % (100.0 * al / max(aw, 1), 100.0 * dl / max(dw, 1)))
 
