@@ -243,7 +243,11 @@ class EventsWriter:
         self.run, self.host, self.formats = run, host, formats
         self.raw = TableWriter(os.path.join(out_dir, "events.raw.parquet"), "events_raw", run, host)
         self.append = self.raw.append
-        self.writer = pq.ParquetWriter(self.path, SCHEMAS["events"], compression="zstd")
+        # body is nearly unique per row: dictionary pages and min/max statistics of it cost time and buy nothing
+        low = ["run", "host", "task", "event", "system", "parse_status"]
+        self.writer = pq.ParquetWriter(
+            self.path, SCHEMAS["events"], compression="zstd", use_dictionary=low, write_statistics=[*low, "seq", "ts"]
+        )
         self.counts = {}
         self.closed = False
 
