@@ -1,7 +1,8 @@
-"""pytest plugin: the session's one real kernel build (roles/kernel_build), shared by every test that needs a kernel.
+"""pytest plugin: the session's real kernel builds (roles/kernel_build), shared by every test that needs a kernel.
 
     def test_something(kernel_artifact):     # Path of artifacts/kernels/<version>-<hash>/ (x86_64,
         ...                                  # tinyconfig-lab + tracing, debug, kgdb, mm, qemu fragments)
+    def test_arm(kernel_artifact_arm64):     # the same config cross-built for arm64 (Image)
 
 The first use runs playbooks/kernel_build.yml (~4-5 min on 2 cores from scratch); the artifact is cached by the hash
 of source + config, so later sessions on the same machine only verify the config and fetch (a cache hit).
@@ -17,12 +18,11 @@ import pytest
 from helpers import ansible_playbook
 
 KBUILD_TIMEOUT = 3600  # a loaded 2-core machine; the playbook's own async timeout is 7200 s
-KBUILD_ARGS = ("-e", "kernel_build_arch=x86_64")
 
 
-def run_kernel_build(*args, check=True, timeout=KBUILD_TIMEOUT):
-    """Run playbooks/kernel_build.yml; returns the finished process."""
-    return ansible_playbook("kernel_build.yml", *KBUILD_ARGS, *args, check=check, timeout=timeout)
+def run_kernel_build(*args, arch="x86_64", check=True, timeout=KBUILD_TIMEOUT):
+    """Run playbooks/kernel_build.yml for `arch` (arm64 is cross-compiled here); returns the finished process."""
+    return ansible_playbook("kernel_build.yml", "-e", f"kernel_build_arch={arch}", *args, check=check, timeout=timeout)
 
 
 def run_summary(stdout, host="local"):
@@ -46,3 +46,9 @@ def kernel_build_first_run(is_root):
 @pytest.fixture(scope="session")
 def kernel_artifact(kernel_build_first_run) -> Path:
     return kernel_build_first_run["dir"]
+
+
+@pytest.fixture(scope="session")
+def kernel_artifact_arm64(is_root) -> Path:
+    """The arm64 artifact dir: tinyconfig-lab + all fragments, cross-built with gcc-aarch64-linux-gnu."""
+    return run_summary(run_kernel_build(arch="arm64").stdout)["dir"]

@@ -115,10 +115,25 @@ def guest_shell(host, command):
 
 
 @pytest.mark.kbuild
+def test_arm64_cross_build_has_an_arm64_image_and_an_aarch64_vmlinux(kernel_artifact_arm64):
+    manifest = json.loads((kernel_artifact_arm64 / "manifest.json").read_text())
+    print(f"arm64 cross build: {manifest['build_seconds']} s with -j{manifest['jobs']}, {manifest['id']}")
+    assert manifest["arch"] == "arm64" and manifest["image"] == "Image"
+    assert manifest["cross_compile"] == "aarch64-linux-gnu-"
+    assert manifest["config"]["KGDB"] == "y" and manifest["config"]["FUNCTION_GRAPH_TRACER"] == "y"
+    # arm64 Image header: "ARM\x64" magic at offset 56 (Documentation/arm64/booting.rst).
+    assert (kernel_artifact_arm64 / "Image").read_bytes()[56:60] == b"ARM\x64"
+    header = subprocess.run(
+        ["readelf", "-h", "-S", "-W", kernel_artifact_arm64 / "vmlinux"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "AArch64" in header and ".debug_info" in header
+
+
+@pytest.mark.kbuild
 @pytest.mark.lab
 @pytest.mark.parametrize(
     ("host", "artifact", "machine"),
-    [("kbuild-x86", "kernel_artifact", "x86_64")],
+    [("kbuild-x86", "kernel_artifact", "x86_64"), ("kbuild-arm", "kernel_artifact_arm64", "aarch64")],
 )
 def test_built_kernel_boots_in_the_lab_with_function_graph_kgdb_and_both_cpus(
     host, artifact, machine, request, lab_guest
