@@ -114,7 +114,8 @@ def parse_fields(name, body, formats):
     return ints, strs, status
 
 
-def _q(text):
+def sql_literal(text):
+    """``text`` as a DuckDB string literal (the one quoting helper of collect's generated SQL)."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -151,11 +152,11 @@ def _typed_maps(fmt):
         if k in fmt.range_keys:
             for n, suffix in ((1, "_start"), (2, "_end")):
                 part = "regexp_extract(%s, '^\\((\\S+) ~ (\\S+)\\)$', %d)" % (v, n)
-                ints.append("{'key': %s, 'value': %s}" % (_q(k + suffix), _int_expr(part, True)))
+                ints.append("{'key': %s, 'value': %s}" % (sql_literal(k + suffix), _int_expr(part, True)))
             continue
         iv = _int_expr(v, k in fmt.hex_keys)
-        ints.append("{'key': %s, 'value': %s}" % (_q(k), iv))
-        strs.append("{'key': %s, 'value': CASE WHEN %s IS NULL THEN %s END}" % (_q(k), iv, v))
+        ints.append("{'key': %s, 'value': %s}" % (sql_literal(k), iv))
+        strs.append("{'key': %s, 'value': CASE WHEN %s IS NULL THEN %s END}" % (sql_literal(k), iv, v))
     return _map(ints), _map(strs)
 
 
@@ -168,7 +169,7 @@ def _split(fmt):
     """
     if len(fmt.keys) == 1:
         return "[body]"
-    return "regexp_split_to_array(body, %s)" % _q(",?\\s+(?:%s)=" % "|".join(sorted(set(fmt.keys[1:]))))
+    return "regexp_split_to_array(body, %s)" % sql_literal(",?\\s+(?:%s)=" % "|".join(sorted(set(fmt.keys[1:]))))
 
 
 def _pieces(fmt, pattern, groups):
@@ -179,15 +180,15 @@ def _pieces(fmt, pattern, groups):
     for i, g in enumerate(groups, 1):
         v = "p[%d]" % i
         if i == 1:  # the body matched `^\\s*key=`: the first `key=` ends the leading blanks
-            v = "substr(%s, strpos(%s, %s) + %d)" % (v, v, _q(first), len(first))
+            v = "substr(%s, strpos(%s, %s) + %d)" % (v, v, sql_literal(first), len(first))
         if i == len(groups):
             v = "regexp_replace(%s, ',?\\s*$', '')" % v
         fields.append("%s := %s" % (g, v))
     return "CASE WHEN len(p) = %d THEN struct_pack(%s) ELSE regexp_extract(body, %s, [%s]) END" % (
         len(groups),
         ", ".join(fields),
-        _q(pattern),
-        ", ".join(map(_q, groups)),
+        sql_literal(pattern),
+        ", ".join(map(sql_literal, groups)),
     )
 
 
@@ -219,10 +220,12 @@ def status_sql(formats):
     normalize time (ok when the body matches its format's pattern, else the generic split's status); the system
     over ``event`` and that ``parse_status``."""
     typed = _typed(formats)
-    known = "(" + ", ".join(_q(f.name) for f in typed) + ")" if typed else "('')"
+    known = "(" + ", ".join(sql_literal(f.name) for f in typed) + ")" if typed else "('')"
     ok = (
         "CASE event %s ELSE false END"
-        % " ".join("WHEN %s THEN regexp_full_match(body, %s)" % (_q(f.name), _q(_pattern(f))) for f in typed)
+        % " ".join(
+            "WHEN %s THEN regexp_full_match(body, %s)" % (sql_literal(f.name), sql_literal(_pattern(f))) for f in typed
+        )
         if typed
         else "false"
     )
@@ -230,11 +233,11 @@ def status_sql(formats):
         "CASE WHEN %s THEN 'ok' WHEN event IN ('print', 'tracing_mark_write') THEN 'print' "
         "WHEN NOT regexp_matches(body, %s) THEN 'unparsed' WHEN event IN %s THEN 'mismatch' "
         "WHEN %s THEN 'unknown_event' ELSE 'no_format' END"
-        % (ok, _q(_GENERIC_KV), known, "true" if formats else "false")
+        % (ok, sql_literal(_GENERIC_KV), known, "true" if formats else "false")
     )
     if not typed:
         return status, "NULL::VARCHAR"
-    cases = " ".join("WHEN %s THEN %s" % (_q(f.name), _q(f.system)) for f in typed)
+    cases = " ".join("WHEN %s THEN %s" % (sql_literal(f.name), sql_literal(f.system)) for f in typed)
     return status, "CASE WHEN parse_status = 'ok' THEN CASE event %s END END" % cases
 
 
@@ -256,20 +259,20 @@ def fields_sql(formats, rel):
     ints, strs = [], []
     for f in typed:
         i, s = _typed_maps(f)
-        ints.append("WHEN %s THEN %s" % (_q(f.name), i))
-        strs.append("WHEN %s THEN %s" % (_q(f.name), s))
+        ints.append("WHEN %s THEN %s" % (sql_literal(f.name), i))
+        strs.append("WHEN %s THEN %s" % (sql_literal(f.name), s))
 
     def pick(cases, generic):
         if not cases:
             return generic
-        values = "CASE event %s END" % " ".join("WHEN %s THEN %s" % (_q(f.name), _values(f)) for f in typed)
+        values = "CASE event %s END" % " ".join("WHEN %s THEN %s" % (sql_literal(f.name), _values(f)) for f in typed)
         return "CASE WHEN parse_status = 'ok' THEN %s ELSE %s END" % (
             _let("v", values, "CASE event %s END" % " ".join(cases)),
             generic,
         )
 
     def generic(expr):
-        kv = _q(_GENERIC_KV)
+        kv = sql_literal(_GENERIC_KV)
         return _let(
             "ks", "regexp_extract_all(body, %s, 1)" % kv, _let("vs", "regexp_extract_all(body, %s, 2)" % kv, expr)
         )

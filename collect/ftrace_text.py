@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import re
 
+from collect.events import sql_literal
+
 # task-pid [cpu] flags ts: [name: ]rest   (tgid column and flags optional; trace-cmd report prints no flags).
 # The event name is matched in the same pass and read with one groups() call: this is the hot path of tracepoint
 # captures, where per-line Python work (not the regex) is what costs.
@@ -58,15 +60,11 @@ _TGID = r" *\( *(?:\d+|-+)\)$"
 _GRAPH_PREFIX = r"^\s*(?:\d+\.\d+\s*\|\s*)?\d+\)"
 
 
-def _sql(text):
-    return "'%s'" % text.replace("'", "''")
-
-
 def split_text_sql(path, python_names):
     """DuckDB query streaming every line of the text trace ``path`` as (seq, line) for lex() — NULL line when DuckDB
     split it — and, for plain tracepoint lines whose event is not in ``python_names``, the columns
     ts, cpu, task, pid, event, body (what _tp_line yields for them). Line numbers are the file's (blank lines kept)."""
-    names = ", ".join(_sql(n) for n in sorted({"funcgraph_entry", "funcgraph_exit", "function", *python_names}))
+    names = ", ".join(sql_literal(n) for n in sorted({"funcgraph_entry", "funcgraph_exit", "function", *python_names}))
     return f"""
     SELECT seq, CASE WHEN event IS NULL THEN line END AS line,
       CAST(right(stamp, strpos(reverse(stamp), ' ') - 1) AS DOUBLE) AS ts, cpu,
@@ -78,15 +76,16 @@ def split_text_sql(path, python_names):
       FROM (
         SELECT seq, line, left(rest, strpos(rest, ': ') - 1) AS stamp, substr(rest, strpos(rest, ': ') + 2) AS after,
           left(substr(rest, strpos(rest, ': ') + 2), strpos(substr(rest, strpos(rest, ': ') + 2), ':') - 1) AS name,
-          CASE WHEN suffix(head, ')') THEN rtrim(regexp_replace(head, {_sql(_TGID)}, '')) ELSE head END AS who,
+          CASE WHEN suffix(head, ')') THEN rtrim(regexp_replace(head, {sql_literal(_TGID)}, '')) ELSE head END AS who,
           CASE WHEN rest IS NOT NULL THEN CAST(substr(line, strpos(line, '[') + 1, strpos(line, ']')
             - strpos(line, '[') - 1) AS INTEGER) END AS cpu
         FROM (
           SELECT seq, line, rest, CASE WHEN rest IS NOT NULL THEN rtrim(left(line, strpos(line, '[') - 1)) END AS head
           FROM (
-            SELECT seq, line, CASE WHEN regexp_matches(line, {_sql(_TP_PLAIN)}) AND NOT contains(line, '[LOST')
-              AND NOT regexp_matches(line, {_sql(_GRAPH_PREFIX)}) THEN substr(line, strpos(line, ']') + 1) END AS rest
-            FROM (SELECT row_number() OVER () AS seq, line FROM read_csv({_sql(path)}, header = false,
+            SELECT seq, line, CASE WHEN regexp_matches(line, {sql_literal(_TP_PLAIN)}) AND NOT contains(line, '[LOST')
+              AND NOT regexp_matches(line, {sql_literal(_GRAPH_PREFIX)})
+              THEN substr(line, strpos(line, ']') + 1) END AS rest
+            FROM (SELECT row_number() OVER () AS seq, line FROM read_csv({sql_literal(path)}, header = false,
               columns = {{'line': 'VARCHAR'}}, delim = '\x01', quote = '', escape = '', auto_detect = false))
           )
         )

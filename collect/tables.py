@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from collect.callgraph import CALL_COLUMNS
 from collect.compactions import COMPACTION_COLUMNS
-from collect.events import dump_formats, fields_sql, formats_from_dump, status_sql
+from collect.events import dump_formats, fields_sql, formats_from_dump, sql_literal, status_sql
 
 S, I32, I64, F64, B = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
 KEY = [("run", S), ("host", S)]
@@ -161,10 +161,6 @@ def write_rows(path, name, run, host, rows):
 FORMATS_FILE = "formats.json"
 
 
-def _sql_str(text):
-    return "'%s'" % text.replace("'", "''")
-
-
 def connect(table_dirs):
     """DuckDB connection with one view per table over every ``<dir>/<table>.parquet`` given; the events view adds
     ``fields_int``/``fields_str``, typed from each dir's own formats (events.fields_sql)."""
@@ -173,7 +169,7 @@ def connect(table_dirs):
         files = [os.path.join(d, name + ".parquet") for d in table_dirs]
         files = [f for f in files if os.path.exists(f)]
         if name == "events":
-            parts = [fields_sql(_dir_formats(os.path.dirname(f)), "read_parquet(%s)" % _sql_str(f)) for f in files]
+            parts = [fields_sql(_dir_formats(os.path.dirname(f)), "read_parquet(%s)" % sql_literal(f)) for f in files]
             if not parts:
                 con.register("_empty_events", SCHEMAS[name].empty_table())
                 parts = [fields_sql({}, "_empty_events")]
@@ -181,7 +177,7 @@ def connect(table_dirs):
         elif files:
             con.execute(
                 "CREATE VIEW %s AS SELECT * FROM read_parquet(%s, union_by_name=true)"
-                % (name, "[" + ",".join(_sql_str(f) for f in files) + "]")
+                % (name, "[" + ",".join(sql_literal(f) for f in files) + "]")
             )
         else:  # an empty view with the right columns, so queries need no special cases
             con.register("_empty_" + name, SCHEMAS[name].empty_table())
@@ -218,17 +214,17 @@ def finalize_calls(raw_path, out_path, first_switch):
             }
         ),
     )
-    src = raw_path.replace("'", "''")
+    src = sql_literal(raw_path)
     con.execute(
         f"""COPY (
           SELECT c.* REPLACE (
             coalesce(c.task, CASE WHEN c.seq < fs.fseq THEN fs.ftask END) AS task,
             coalesce(c.pid, CASE WHEN c.seq < fs.fseq THEN fs.fpid END) AS pid,
             coalesce(c.parent, p.function) AS parent)
-          FROM read_parquet('{src}') c
-          LEFT JOIN (SELECT id, function FROM read_parquet('{src}') WHERE status = 'orphan') p ON p.id = c.parent_id
+          FROM read_parquet({src}) c
+          LEFT JOIN (SELECT id, function FROM read_parquet({src}) WHERE status = 'orphan') p ON p.id = c.parent_id
           LEFT JOIN fs ON fs.cpu = c.cpu
-        ) TO '{out_path.replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)"""
+        ) TO {sql_literal(out_path)} (FORMAT parquet, COMPRESSION zstd)"""
     )
     con.close()
     os.unlink(raw_path)
@@ -277,7 +273,7 @@ class EventsWriter:
             status, system = status_sql(self.formats)
             reader = con.sql(
                 "SELECT seq, ts, cpu, task, pid, event, %s AS system, parse_status, body FROM "
-                "(SELECT *, %s AS parse_status FROM read_parquet(%s))" % (system, status, _sql_str(self.raw.path))
+                "(SELECT *, %s AS parse_status FROM read_parquet(%s))" % (system, status, sql_literal(self.raw.path))
             ).to_arrow_reader(65536)
             for batch in reader:
                 self.write_batch(pa.RecordBatch.from_arrays(batch.columns, names=batch.schema.names))
