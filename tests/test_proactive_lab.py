@@ -47,10 +47,29 @@ def state(host):
     }
 
 
+def run_trace_proactive(results, name, limit, *extra, timeout):
+    """One trace_proactive.yml run into `results`; returns its run directory."""
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-test-{name}"
+    ansible_playbook(
+        "trace_proactive.yml",
+        "-l",
+        limit,
+        "-e",
+        f"experiment_run_id={run_id}",
+        "-e",
+        f"experiment_results_dir={results}",
+        # Events decide the trigger; kcompactd's call graph over a pass of tens of seconds is millions of lines that
+        # a TCG guest would spend minutes writing out. The function_graph capture itself is trace_manual's test.
+        "-e",
+        "ftrace_capture_tracer=nop",
+        *extra,
+        timeout=timeout,
+    )
+    return results / run_id
+
+
 @pytest.fixture(scope="module")
 def proactive_run(lab, tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-test-proactive"
     before = {}
     for host in lab:
         found = state(host)
@@ -60,21 +79,10 @@ def proactive_run(lab, tmp_path_factory):
             break
     hosts = {b["arch"]: h for h, b in before.items()}
     assert set(hosts) == set(ARCHES), f"the lab {lab} needs one guest per architecture {ARCHES}, has {hosts}"
-    ansible_playbook(
-        "trace_proactive.yml",
-        "-l",
-        ",".join(hosts.values()),
-        "-e",
-        f"experiment_run_id={run_id}",
-        "-e",
-        f"experiment_results_dir={results}",
-        # Events decide the trigger; kcompactd's call graph over a pass of tens of seconds is millions of lines that
-        # a TCG guest would spend minutes writing out. The function_graph capture itself is trace_manual's test.
-        "-e",
-        "ftrace_capture_tracer=nop",
-        timeout=2400,
+    run_dir = run_trace_proactive(
+        tmp_path_factory.mktemp("results"), "proactive", ",".join(hosts.values()), timeout=2400
     )
-    return results / run_id, before, hosts
+    return run_dir, before, hosts
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -113,21 +121,13 @@ def test_guest_left_as_found(proactive_run, arch):
 def direct_run(proactive_run, tmp_path_factory):
     """The direct workload on the x86 guest, after the proactive run (the same booted guest, one at a time)."""
     host = proactive_run[2]["x86_64"]
-    results = tmp_path_factory.mktemp("results")
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-test-direct"
     before = state(host)
-    ansible_playbook(
-        "trace_proactive.yml",
-        "-l",
+    run_dir = run_trace_proactive(
+        tmp_path_factory.mktemp("results"),
+        "direct",
         host,
         "-e",
         "workload=direct",
-        "-e",
-        f"experiment_run_id={run_id}",
-        "-e",
-        f"experiment_results_dir={results}",
-        "-e",
-        "ftrace_capture_tracer=nop",
         # The faults compact while they happen; nothing to wait for afterwards.
         "-e",
         "compaction_workload_hold_seconds=3",
@@ -135,7 +135,7 @@ def direct_run(proactive_run, tmp_path_factory):
         "compaction_workload_thp_mb=256",
         timeout=1800,
     )
-    return results / run_id / host, before, host
+    return run_dir / host, before, host
 
 
 def test_thp_faults_compact_directly(direct_run):
