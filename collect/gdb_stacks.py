@@ -108,17 +108,9 @@ def connect(host_dir):
     out = os.path.join(host_dir, "normalized")
     if not os.path.exists(os.path.join(out, "calls.parquet")):
         return None, None
-    from collect import tables
+    from collect import layout, tables
 
-    return tables.connect([out]), _run_id(os.path.dirname(host_dir))
-
-
-def _run_id(run_dir):
-    try:
-        with open(os.path.join(run_dir, "run.json")) as f:
-            return json.load(f).get("run") or os.path.basename(run_dir)
-    except (OSError, ValueError):
-        return os.path.basename(run_dir)
+    return tables.connect([out]), layout.run_id(os.path.dirname(host_dir))
 
 
 def text(host_dir, con=None, host=None, run=None):

@@ -32,6 +32,15 @@ def sanitize(name):
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+def run_id(run_dir):
+    """The run's id from its run.json, else the directory's name (results/<run-id>/ by construction)."""
+    try:
+        with open(os.path.join(run_dir, "run.json")) as f:
+            return json.load(f).get("run") or os.path.basename(run_dir)
+    except (OSError, ValueError, AttributeError):
+        return os.path.basename(run_dir)
+
+
 def resolve(path, workdir=None):
     """(run id, [Host]) for ``path``. A lone trace file is copied into ``workdir`` (a temp dir) as a host."""
     path = os.path.abspath(path)
@@ -50,13 +59,9 @@ def resolve(path, workdir=None):
             os.symlink(path, target)
         return "-", [Host("-", stem, hdir, os.path.join(hdir, OUT_DIR))]
     if _is_host_dir(path):
-        run = os.path.basename(os.path.dirname(path))
+        run = run_id(os.path.dirname(path))
         return run, [Host(run, os.path.basename(path), path, os.path.join(path, OUT_DIR))]
-    run_json = os.path.join(path, "run.json")
-    run = os.path.basename(path)
-    if os.path.exists(run_json):
-        with open(run_json) as f:
-            run = json.load(f).get("run", run)
+    run = run_id(path)
     hosts = [
         Host(run, name, os.path.join(path, name), os.path.join(path, name, OUT_DIR))
         for name in sorted(os.listdir(path))
