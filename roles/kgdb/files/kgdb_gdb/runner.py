@@ -137,8 +137,7 @@ class Session:
             self.refuse_ftrace_sites()
         self.layout = self.task_layout()
         if "error" not in self.layout and self.layout["current_task"] is not None:
-            task_t = gdb.lookup_global_symbol("init_task").type.strip_typedefs()
-            self.unwinder = GraphReturnUnwinder.install(task_t)
+            self.unwinder = GraphReturnUnwinder.install(self.task_type)
         buffer = self.args.get("trace_buffer")
         self.trace_buffer = traceclock.resolve(buffer) if buffer else None
 
@@ -315,7 +314,7 @@ class Session:
             return None
 
         try:
-            task_t = gdb.lookup_global_symbol("init_task").type.strip_typedefs()
+            task_t = self.task_type = gdb.lookup_global_symbol("init_task").type.strip_typedefs()
             layout = {"pid": offset(task_t, "pid"), "comm": offset(task_t, "comm"), "cpu": offset(task_t, "cpu")}
             if layout["cpu"] is None and offset(task_t, "thread_info") is not None:  # THREAD_INFO_IN_TASK
                 info_t = task_t["thread_info"].type.strip_typedefs()
