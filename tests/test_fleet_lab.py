@@ -133,6 +133,10 @@ def test_guest_killed_mid_run_is_reported_missing_while_others_complete(three_gu
     assert {"lab-x86", "lab-arm"} <= set(summary)
     assert summary["lab-x86"]["compactions"] and summary["lab-arm"]["compactions"]
     assert re.search(rf"^{EXTRA}\s+(unreachable|failed)", out, re.M)
+    # The dead guest's console tail is kept with its results (why it died); the guests that finished get none.
+    console = run_dir / EXTRA / "console.log"
+    assert console.exists() and console.stat().st_size > 0, f"no console tail for the dead guest in {run_dir}"
+    assert not (run_dir / "lab-x86" / "console.log").exists()
     assert (run_dir / "report.html").exists()
 
 
