@@ -57,11 +57,13 @@ def ansible(tool: str, *args: str, cache: Path | None = None) -> str:
     return proc.stdout
 
 
-def lab_to_first_trace(cache: Path | None, label: str) -> tuple[float, dict[str, float], dict[str, int]]:
-    """Seconds from nothing running to a trace on every guest; boot-to-SSH and event counts per guest."""
+def lab_to_first_trace(cache: Path | None, label: str) -> tuple[float, float, dict[str, float], dict[str, int]]:
+    """Seconds from nothing running to a trace on every guest, of which lab_up; boot-to-SSH and event counts per
+    guest."""
     started = time.monotonic()
     try:
         up = ansible("ansible-playbook", "playbooks/lab_up.yml", *TARGET, *BOOT_DEADLINE, cache=cache)
+        up_seconds = time.monotonic() - started
         with tempfile.TemporaryDirectory(prefix="bench-lab-results-") as results:
             ansible(
                 "ansible-playbook",
@@ -82,7 +84,7 @@ def lab_to_first_trace(cache: Path | None, label: str) -> tuple[float, dict[str,
     finally:
         ansible("ansible-playbook", "playbooks/lab_down.yml", *TARGET, cache=cache)
     boots = {h: float(s) for h, s in BOOT_LINE.findall(up)}
-    return elapsed, boots, events
+    return elapsed, up_seconds, boots, events
 
 
 def main() -> None:
@@ -114,9 +116,11 @@ def main() -> None:
     for label, fresh in runs:
         # The fresh run gets a throwaway COMPACTION_LAB_CACHE; the real cache stays untouched.
         with tempfile.TemporaryDirectory(prefix="bench-lab-cache-") if fresh else contextlib.nullcontext() as tmp:
-            seconds, boots, events = lab_to_first_trace(Path(tmp) if tmp else None, fresh or "cached")
+            seconds, up_seconds, boots, events = lab_to_first_trace(Path(tmp) if tmp else None, fresh or "cached")
         load = loadavg()
         row(f"{label} -> first lab trace", TARGETS[fresh or "cached"], seconds, load)
+        row(f"  of which lab_up ({label})", None, up_seconds, load)
+        row(f"  of which trace_manual ({label})", None, seconds - up_seconds, load)
         for host, boot in sorted(boots.items()):
             row(f"boot-to-SSH {host} ({label})", None, boot, load)
         print(f"compaction events in the {label} run's trace: {events}")
