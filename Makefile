@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 APT_PACKAGES := python3-venv python3-dev qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static \
   debootstrap gdb trace-cmd stress-ng busybox-static build-essential bc bison flex libelf-dev \
   libssl-dev dwarves cpio kmod rsync openssh-client e2fsprogs gcc-aarch64-linux-gnu linux-source-6.1 \
-  systemd chromium iproute2 procps util-linux xz-utils
+  systemd chromium iproute2 procps util-linux xz-utils fdisk
 SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test lint pytest molecule bench clean

@@ -13,6 +13,8 @@ description:
     C(<run_dir>/console.log) and a QMP socket; then waits for the guest's SSH banner. A guest that dies or does not
     answer in time is stopped and the failure carries the console tail.
   - Already running with the same command line is C(changed=false); a different command line restarts the guest.
+  - C(boot=disk) boots the image's own boot loader (SeaBIOS, then e.g. GRUB) instead of C(kernel), and lets the guest
+    reboot (no C(-no-reboot)), as a bare-metal host does.
   - C(accel=auto) uses KVM only when it really runs a kernel (a probe boot with a timeout, cached per host boot),
     else TCG. Nested KVM on some clouds opens C(/dev/kvm) fine and then hangs or aborts.
   - C(state=stopped) asks the guest to power off (ACPI over QMP), then sends SIGTERM and SIGKILL to the pid from
@@ -42,8 +44,16 @@ options:
   image:
     description: Golden qcow2 image; the guest writes to an overlay on top of it. Required when started.
     type: path
+  boot:
+    description:
+      - C(kernel) boots O(kernel) with O(initrd) and O(cmdline) (QEMU C(-kernel)); the guest's reboot ends QEMU.
+      - C(disk) boots the image's boot loader; O(initrd) and O(cmdline) do not apply (the disk's boot loader owns the
+        command line), O(kernel) only serves the KVM probe, and the guest may reboot.
+    type: str
+    choices: [kernel, disk]
+    default: kernel
   kernel:
-    description: Kernel boot image (bzImage, arm64 Image). Required when started.
+    description: Kernel boot image (bzImage, arm64 Image). Required when started with O(boot=kernel).
     type: path
   initrd:
     description: Initrd, or empty for none.
@@ -282,6 +292,8 @@ def boot_id():
 
 def probe_kvm(module, p):
     """Boot the guest's own kernel under KVM without a root disk: a working KVM panics and exits in seconds."""
+    if not p["kernel"]:
+        return False, "no kernel to probe KVM with (boot=disk without kernel): accel=kvm forces it"
     if host_arch() != p["arch"]:
         return False, f"host is {host_arch()}, guest {p['arch']}: KVM cannot run it"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -358,11 +370,10 @@ def qemu_argv(p, paths, accel):
         "-no-user-config",
         "-display",
         "none",
-        "-no-reboot",
-        "-kernel",
-        p["kernel"],
-        "-append",
-        p["cmdline"],
+    ]
+    if p["boot"] == "kernel":
+        argv += ["-no-reboot", "-kernel", p["kernel"], "-append", p["cmdline"]]
+    argv += [
         "-drive",
         f"file={paths.overlay},if=none,id=disk0,format=qcow2,discard=unmap",
         "-device",
@@ -376,7 +387,8 @@ def qemu_argv(p, paths, accel):
         "-serial",
         f"file:{paths.console}",
     ]
-    if p["initrd"]:
+    # Same argv order as before boot=disk existed: a running guest's stored argv still matches (no restart).
+    if p["boot"] == "kernel" and p["initrd"]:
         argv += ["-initrd", p["initrd"]]
     if p["kgdb_port"]:
         argv += ["-serial", f"tcp:127.0.0.1:{p['kgdb_port']},server=on,wait=off"]
@@ -489,6 +501,7 @@ def main():
             "run_dir": {"type": "path", "required": True},
             "arch": {"type": "str", "choices": ["x86_64", "aarch64"], "default": "x86_64"},
             "image": {"type": "path"},
+            "boot": {"type": "str", "choices": ["kernel", "disk"], "default": "kernel"},
             "kernel": {"type": "path"},
             "initrd": {"type": "path", "default": ""},
             "cmdline": {"type": "str", "default": ""},
@@ -504,7 +517,7 @@ def main():
             "stop_timeout": {"type": "int", "default": 60},
             "extra_args": {"type": "list", "elements": "str", "default": []},
         },
-        required_if=[("state", "started", ("image", "kernel", "ssh_port"))],
+        required_if=[("state", "started", ("image", "ssh_port"))],
         supports_check_mode=True,
     )
     p = module.params
@@ -517,6 +530,8 @@ def main():
             how = stop(paths, p["stop_timeout"])
         module.exit_json(changed=changed, pid=None, stopped=how, console_log=paths.console)
 
+    if p["boot"] == "kernel" and not p["kernel"]:
+        module.fail_json(msg=f"{p['name']}: boot=kernel needs kernel (or boot=disk for an image with a boot loader)")
     if p["kgdb_port"] and p["arch"] != "x86_64":
         module.fail_json(msg="kgdb_port needs a second UART: x86_64 guests only (arm64 virt has one PL011)")
     for what in ("image", "kernel", "initrd"):

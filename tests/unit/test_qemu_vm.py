@@ -21,6 +21,7 @@ def params(**kw):
     p = {
         "name": "g",
         "arch": "x86_64",
+        "boot": "kernel",
         "kernel": "/k",
         "initrd": "/i",
         "cmdline": "root=/dev/vda nokaslr",
@@ -52,6 +53,18 @@ def test_optional_listeners_are_absent_when_off(tmp_path):
     argv = qemu_vm.qemu_argv(params(gdb_port=0, kgdb_port=0, initrd=""), qemu_vm.Paths(str(tmp_path)), "tcg")
     assert "-gdb" not in argv and "-initrd" not in argv
     assert option_values(argv, "-serial") == [f"file:{tmp_path}/console.log"]
+
+
+def test_kernel_boot_passes_kernel_initrd_cmdline_and_ends_qemu_on_reboot(tmp_path):
+    argv = qemu_vm.qemu_argv(params(), qemu_vm.Paths(str(tmp_path)), "tcg")
+    assert option_values(argv, "-kernel") == ["/k"] and option_values(argv, "-initrd") == ["/i"]
+    assert option_values(argv, "-append") == ["root=/dev/vda nokaslr"] and "-no-reboot" in argv
+
+
+def test_disk_boot_leaves_kernel_and_cmdline_to_the_boot_loader_and_lets_the_guest_reboot(tmp_path):
+    argv = qemu_vm.qemu_argv(params(boot="disk"), qemu_vm.Paths(str(tmp_path)), "tcg")
+    assert not {"-kernel", "-initrd", "-append", "-no-reboot"} & set(argv)
+    assert option_values(argv, "-device")[0] == "virtio-blk-pci,drive=disk0"
 
 
 def test_arm64_uses_virt_and_cheap_pointer_auth_under_tcg(tmp_path):
