@@ -120,6 +120,8 @@ class TableWriter:
 
     def __init__(self, path, name, run, host, batch=65536):
         self.schema = SCHEMAS[name]
+        # Rows become one struct array, split into columns: a single C++ pass (half the cost of a zip per column).
+        self.row_type = pa.struct(list(self.schema)[2:])
         self.path, self.run, self.host, self.batch = path, run, host, batch
         self.rows = []
         self.count = 0
@@ -134,10 +136,8 @@ class TableWriter:
         if not self.rows:
             return
         n = len(self.rows)
-        cols = list(zip(*self.rows, strict=True))
-        arrays = [pa.array([self.run] * n, S), pa.array([self.host] * n, S)]
-        for field, col in zip(list(self.schema)[2:], cols, strict=True):
-            arrays.append(pa.array(col, field.type))
+        cols = pa.array(self.rows, self.row_type).flatten()
+        arrays = [pa.array([self.run] * n, S), pa.array([self.host] * n, S), *cols]
         self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self.count += n
         self.rows = []
