@@ -17,6 +17,19 @@ from collect import layout, tables
 COMPACTION_TID = 1_000_000
 
 
+def _fields(col):
+    """The members of map ``col`` as JSON object members after a comma ('' when empty)."""
+    return "CASE WHEN cardinality(%s) > 0 THEN ',' || trim(to_json(%s), '{}') ELSE '' END" % (col, col)
+
+
+_EVENT_JSON = (
+    """'{"ph":"i","s":"t","pid":' || ?::INTEGER || ',"tid":' || coalesce(to_json(cpu), 'null') || ',"ts":' """
+    """|| to_json(ts * 1e6) || ',"name":' || to_json(event) || ',"cat":"event","args":{"task":' """
+    """|| coalesce(to_json(task), 'null') || ',"pid":' || coalesce(to_json(pid), 'null') || %s || %s || '}}'"""
+    % (_fields("fields_int"), _fields("fields_str"))
+)
+
+
 def export(paths, out_path, prefer="auto"):
     stats = {"calls": 0, "events": 0, "compactions": 0, "calls_without_ts": 0}
     with tempfile.TemporaryDirectory(prefix="collect-") as tmp, open(out_path, "w") as out:
@@ -69,27 +82,17 @@ def export(paths, out_path, prefer="auto"):
                         ev["s"] = "t"
                     put(ev)
                     stats["calls"] += 1
+            # Each event's JSON is built in DuckDB: converting the typed field maps to Python dicts and dumping
+            # them again cost more than building them. A field named task/pid repeats the key; readers keep the last.
             cur = con.execute(
-                "SELECT cpu, ts, event, task, pid, fields_int, fields_str FROM events "
-                "WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts",
-                [h.host, h.run],
+                "SELECT %s FROM events WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts" % _EVENT_JSON,
+                [pid, h.host, h.run],
             )
             while rows := cur.fetchmany(10000):
-                for cpu, ts, name, task, tpid, fi, fs in rows:
-                    args = {"task": task, "pid": tpid, **dict(fi or {}), **dict(fs or {})}
-                    put(
-                        {
-                            "ph": "i",
-                            "s": "t",
-                            "pid": pid,
-                            "tid": cpu,
-                            "ts": ts * 1e6,
-                            "name": name,
-                            "cat": "event",
-                            "args": args,
-                        }
-                    )
-                    stats["events"] += 1
+                for (ev,) in rows:
+                    out.write(("" if first else ",\n") + ev)
+                    first = False
+                stats["events"] += len(rows)
             for zone, trig, task, ts, dur, status in con.execute(
                 "SELECT zone, trigger, task, ts_begin, duration_us, status FROM compactions WHERE host=? AND run=? "
                 "AND ts_begin IS NOT NULL AND duration_us IS NOT NULL ORDER BY ts_begin",
