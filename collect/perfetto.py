@@ -22,6 +22,14 @@ def _fields(col):
     return "CASE WHEN cardinality(%s) > 0 THEN ',' || trim(to_json(%s), '{}') ELSE '' END" % (col, col)
 
 
+# A call with a duration is a complete slice, one without (truncated) an instant.
+_CALL_JSON = (
+    """'{"ph":' || CASE WHEN duration_us IS NOT NULL THEN '"X"' ELSE '"i"' END || ',"pid":' || ?::INTEGER """
+    """|| ',"tid":' || coalesce(to_json(cpu), 'null') || ',"ts":' || to_json(ts * 1e6) || ',"name":' """
+    """|| coalesce(to_json(function), 'null') || ',"cat":"call","args":{"task":' || coalesce(to_json(task), 'null') """
+    """|| ',"pid":' || coalesce(to_json(pid), 'null') || ',"status":' || coalesce(to_json(status), 'null') || '}' """
+    """|| CASE WHEN duration_us IS NOT NULL THEN ',"dur":' || to_json(duration_us) ELSE ',"s":"t"' END || '}'"""
+)
 _EVENT_JSON = (
     """'{"ph":"i","s":"t","pid":' || ?::INTEGER || ',"tid":' || coalesce(to_json(cpu), 'null') || ',"ts":' """
     """|| to_json(ts * 1e6) || ',"name":' || to_json(event) || ',"cat":"event","args":{"task":' """
@@ -57,33 +65,21 @@ def export(paths, out_path, prefer="auto"):
                 [h.host, h.run],
             ).fetchall():
                 put({"ph": "M", "pid": pid, "tid": cpu, "name": "thread_name", "args": {"name": "CPU %s" % cpu}})
+            # Each call's JSON is built in DuckDB, not by a dict and json.dumps per row.
             stats["calls_without_ts"] += con.execute(
                 "SELECT count(*) FROM calls WHERE host=? AND run=? AND ts IS NULL", [h.host, h.run]
             ).fetchone()[0]
             cur = con.execute(
-                "SELECT cpu, ts, duration_us, function, task, pid, status FROM calls "
-                "WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts",
-                [h.host, h.run],
+                "SELECT %s FROM calls WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts" % _CALL_JSON,
+                [pid, h.host, h.run],
             )
             while rows := cur.fetchmany(10000):
-                for cpu, ts, dur, fn, task, tpid, status in rows:
-                    ev = {
-                        "ph": "X" if dur is not None else "i",
-                        "pid": pid,
-                        "tid": cpu,
-                        "ts": ts * 1e6,
-                        "name": fn,
-                        "cat": "call",
-                        "args": {"task": task, "pid": tpid, "status": status},
-                    }
-                    if dur is not None:
-                        ev["dur"] = dur
-                    else:
-                        ev["s"] = "t"
-                    put(ev)
-                    stats["calls"] += 1
-            # Each event's JSON is built in DuckDB: converting the typed field maps to Python dicts and dumping
-            # them again cost more than building them. A field named task/pid repeats the key; readers keep the last.
+                for (ev,) in rows:
+                    out.write(("" if first else ",\n") + ev)
+                    first = False
+                stats["calls"] += len(rows)
+            # Events too: converting the typed field maps to Python dicts and dumping them again cost more than
+            # building them. A field named task/pid repeats the key; readers keep the last.
             cur = con.execute(
                 "SELECT %s FROM events WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts" % _EVENT_JSON,
                 [pid, h.host, h.run],
