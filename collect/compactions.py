@@ -217,15 +217,20 @@ class ZoneCallCompactions:
         if _base(frame.fn) == "compact_zone":
             self.frames.append((frame, dur, status))
 
-    def rows(self):
-        """After the trace: lost ancestors are named by now, so the call path can decide the trigger."""
+    def rows(self, first_switch):
+        """After the trace: lost ancestors are named by now, so the call path can decide the trigger.
+        ``first_switch``: cpu -> (seq, task, pid) of the CPU's first context-switch banner, whose outgoing task ran
+        the closings before it (no task column); filled in before the trigger is inferred, which needs the task."""
         for f, dur, status in self.frames:
             path = f.path()
-            trig, why = infer_trigger(f.task, None, path)
+            task, pid = f.task, f.pid
+            if task is None and f.cpu in first_switch:
+                _, task, pid = first_switch[f.cpu]
+            trig, why = infer_trigger(task, None, path)
             end = f.ts + dur / 1e6 if f.ts is not None and dur is not None else None
             yield (
-                f.task,
-                f.pid,
+                task,
+                pid,
                 f.cpu,
                 None,
                 None,

@@ -261,12 +261,7 @@ def _normalize_trace(source_kind, path, out_dir, run, host, formats, split):
     tables.finalize_calls(raw_calls, os.path.join(out_dir, "calls.parquet"), first_switch)
     event_status = events_w.close()
     if pairer.begins == 0 and pairer.ends_without_begin == 0:
-        for row in zone_calls.rows():
-            row = list(row)
-            fs = first_switch.get(row[2])
-            if row[0] is None and fs is not None:
-                row[0], row[1] = fs[1], fs[2]
-            comp_rows.append(tuple(row))
+        comp_rows.extend(zone_calls.rows(first_switch))
     tables.write_rows(os.path.join(out_dir, "compactions.parquet"), "compactions", run, host, comp_rows)
     return {
         "header": header,

@@ -77,6 +77,19 @@ def test_seed_compactions_from_orphan_call_paths(seed_summary):
     assert comps[0]["task"] == "sh"
 
 
+def test_task_from_the_first_banner_decides_the_trigger(tmp_path):
+    """Derived from the seed (real capture) by dropping its two `} /* sysctl_compaction_handler */` closings, as a
+    smaller buffer would have lost them: the call path then ends at compact_node, and only the task says manual."""
+    kept = [ln for ln in SEED.read_text().splitlines(True) if "} /* sysctl_compaction_handler */" not in ln]
+    host = tmp_path / "seed-no-handler"
+    host.mkdir()
+    (host / "trace.txt").write_text("".join(kept))
+    comps = summary_mod.summarize(str(host))["hosts"]["seed-no-handler"]["compactions"]
+    # CPU 7's first banner `sh-405524 => <idle>-0` gives the task before the trigger is inferred; CPU 10 has no
+    # banner before its closings, so neither task nor trigger can be known there.
+    assert [(c["task"], c["trigger"]) for c in comps] == [("sh", "manual"), (None, "unknown")]
+
+
 def test_seed_tables(tmp_path):
     host = tmp_path / "run" / "seed-x86"
     host.mkdir(parents=True)
