@@ -221,6 +221,9 @@ def guest_pid(paths):
 
 def port_free(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As QEMU's own listeners do: a connection of the guest that just stopped, left in TIME_WAIT on the port,
+        # must not count as a conflict (lab_down then lab_up within a minute); a live listener still does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
