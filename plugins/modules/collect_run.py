@@ -9,7 +9,7 @@ module: collect_run
 short_description: Fetch a host's raw compaction results into the run and normalize them (controller side)
 description:
   - Action plugin, runs on the controller. Optionally fetches the raw results a capture left on the managed host
-    (O(src)) into O(run_dir)/<host>/: one C(tar | base64) command over the connection (become applies; gzip's CRC
+    (O(src)) into O(run_dir)/<host>/ with one C(tar | base64) command over the connection (become applies; gzip's CRC
     checks the transfer), no module and no round trip per file. Only the files of the results contract are kept.
   - Normalizes them with the C(collect) package (Parquet tables under <host>/normalized/) and merges the host's
     summary into O(run_dir)/summary.json under a lock, so hosts running in parallel forks do not clobber each other.
