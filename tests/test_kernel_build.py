@@ -292,3 +292,37 @@ def test_git_and_tarball_sources_key_the_build_by_their_own_commit_and_version(
     )
     assert tar_key.startswith("6.1.193-") and "# Linux/x86_64 6.1.193 Kernel Configuration" in tar_config
     print(f"debian {kernel_artifact.name}, git@{first[:12]} {git_key}, tarball {tar_key}")
+
+
+@pytest.mark.kbuild
+def test_local_patch_and_a_given_base_config_reach_the_final_config(kernel_artifact, config_stage_tree, tmp_path):
+    """A local patch adds a Kconfig symbol and a user fragment asks for it, over base `file` (the session's own
+    .config standing in for the seed's): the option is only there if the patch really reached the configured tree."""
+    kconfig = config_stage_tree / "mm" / "Kconfig"
+    patched = tmp_path / "Kconfig"
+    patched.write_text(kconfig.read_text() + '\nconfig LAB_PATCHED\n\tbool "compaction-lab local patch"\n')
+    patch = tmp_path / "0001-lab-patched.patch"
+    diff = subprocess.run(
+        ["diff", "-u", "--label", "a/mm/Kconfig", "--label", "b/mm/Kconfig", kconfig, patched],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert diff.returncode == 1, diff.stderr  # 1 = the files differ: the patch holds the hunk
+    patch.write_text(diff.stdout)
+    fragment = tmp_path / "lab-patched.config"
+    fragment.write_text("CONFIG_LAB_PATCHED=y\n")
+    tarball = tmp_path / "linux.tar.gz"
+    run(["tar", "-C", config_stage_tree.parent, "--exclude=.git", "-czf", tarball, config_stage_tree.name])
+    base = kernel_artifact / ".config"
+    common = ["-e", "kernel_build_source=tarball", "-e", f"kernel_build_tarball={tarball}",
+              "-e", "kernel_build_base=file", "-e", f"kernel_build_base_file={base}"]  # fmt: skip
+
+    key, config = config_stage(
+        tmp_path / "patched", *common,
+        "-e", json.dumps({"kernel_build_patches": [str(patch)], "kernel_build_extra_fragments": [str(fragment)]}),
+    )  # fmt: skip
+    plain_key, plain = config_stage(tmp_path / "plain", *common)
+    final, base = parse_config(config), parse_config(plain)
+    assert final.pop("CONFIG_LAB_PATCHED") == "y" and "CONFIG_LAB_PATCHED" not in base
+    assert final == base  # the given base config came through unchanged otherwise
+    assert key != plain_key  # the patch is part of the cache key
+    print(f"patched {key}, unpatched {plain_key}")
