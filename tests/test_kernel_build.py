@@ -326,3 +326,20 @@ def test_local_patch_and_a_given_base_config_reach_the_final_config(kernel_artif
     assert final == base  # the given base config came through unchanged otherwise
     assert key != plain_key  # the patch is part of the cache key
     print(f"patched {key}, unpatched {plain_key}")
+
+
+@pytest.mark.kbuild
+def test_running_base_starts_from_the_build_hosts_own_kernel_config(config_stage_tree, tmp_path):
+    """Base `running`: /proc/config.gz of kernel_build_for (here this machine's 6.18) is the base the fragments go
+    over — its own choices (LOCALVERSION, virtio-mmio, NUMA) survive in the final 6.1 .config."""
+    running = parse_config(subprocess.run(["zcat", "/proc/config.gz"], capture_output=True, text=True).stdout)
+    tarball = tmp_path / "linux.tar.gz"
+    run(["tar", "-C", config_stage_tree.parent, "--exclude=.git", "-czf", tarball, config_stage_tree.name])
+    _, config = config_stage(
+        tmp_path / "running", "-e", "kernel_build_source=tarball", "-e", f"kernel_build_tarball={tarball}",
+        "-e", "kernel_build_base=running",
+    )  # fmt: skip
+    final = parse_config(config)
+    for option in ("CONFIG_LOCALVERSION", "CONFIG_VIRTIO_MMIO", "CONFIG_NUMA"):
+        assert final.get(option) == running.get(option), option
+    assert final["CONFIG_FUNCTION_GRAPH_TRACER"] == final["CONFIG_KGDB"] == "y"  # the fragments on top
