@@ -20,7 +20,7 @@ from ansible.plugins.action import ActionBase
 # What a capture leaves on a host (docs/interfaces.md); anything else under src is not fetched.
 RAW_FILES = re.compile(
     r"^(trace\.txt|trace\.dat|trace\.meta\.json|facts_before\.json|facts_after\.json|vmstat_delta\.json|"
-    r"scores\.jsonl|console\.log|formats/[\w.-]+/[\w.-]+(/format)?|gdb/[\w.-]+\.json)$"
+    r"scores\.jsonl|workload\.json|console\.log|formats/[\w.-]+/[\w.-]+(/format)?|gdb/[\w.-]+\.json)$"
 )
 
 
