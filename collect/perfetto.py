@@ -51,10 +51,25 @@ def export(paths, out_path, prefer="auto"):
         out.write('{"displayTimeUnit": "ns", "traceEvents": [\n')
         first = True
 
-        def put(ev):
+        def put_json(text):
             nonlocal first
-            out.write(("" if first else ",\n") + json.dumps(ev, separators=(",", ":")))
+            out.write(("" if first else ",\n") + text)
             first = False
+
+        def put(ev):
+            put_json(json.dumps(ev, separators=(",", ":")))
+
+        def stream(select, table, pid, h):
+            """Write every timed row of ``table`` for host ``h`` as the JSON ``select`` builds; returns how many."""
+            cur = con.execute(
+                "SELECT %s FROM %s WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts" % (select, table),
+                [pid, h.host, h.run],
+            )
+            n = 0
+            while rows := cur.fetchmany(10000):
+                put_json(",\n".join(ev for (ev,) in rows))
+                n += len(rows)
+            return n
 
         for pid, h in enumerate(hosts, 1):
             put({"ph": "M", "pid": pid, "name": "process_name", "args": {"name": "%s (%s)" % (h.host, h.run)}})
@@ -69,26 +84,10 @@ def export(paths, out_path, prefer="auto"):
             stats["calls_without_ts"] += con.execute(
                 "SELECT count(*) FROM calls WHERE host=? AND run=? AND ts IS NULL", [h.host, h.run]
             ).fetchone()[0]
-            cur = con.execute(
-                "SELECT %s FROM calls WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts" % _CALL_JSON,
-                [pid, h.host, h.run],
-            )
-            while rows := cur.fetchmany(10000):
-                for (ev,) in rows:
-                    out.write(("" if first else ",\n") + ev)
-                    first = False
-                stats["calls"] += len(rows)
+            stats["calls"] += stream(_CALL_JSON, "calls", pid, h)
             # Events too: converting the typed field maps to Python dicts and dumping them again cost more than
             # building them. A field named task/pid repeats the key; readers keep the last.
-            cur = con.execute(
-                "SELECT %s FROM events WHERE host=? AND run=? AND ts IS NOT NULL ORDER BY ts" % _EVENT_JSON,
-                [pid, h.host, h.run],
-            )
-            while rows := cur.fetchmany(10000):
-                for (ev,) in rows:
-                    out.write(("" if first else ",\n") + ev)
-                    first = False
-                stats["events"] += len(rows)
+            stats["events"] += stream(_EVENT_JSON, "events", pid, h)
             for zone, trig, task, ts, dur, status in con.execute(
                 "SELECT zone, trigger, task, ts_begin, duration_us, status FROM compactions WHERE host=? AND run=? "
                 "AND ts_begin IS NOT NULL AND duration_us IS NOT NULL ORDER BY ts_begin",
