@@ -262,6 +262,12 @@ def config_stage(workdir, *extra):
     return key.group(1), configs[0].read_text()
 
 
+def tarball_source(tree, tarball):
+    """Tar ``tree`` (without its .git) into ``tarball``: the role arguments that build from it."""
+    run(["tar", "-C", tree.parent, "--exclude=.git", "-czf", tarball, tree.name])
+    return ["-e", "kernel_build_source=tarball", "-e", f"kernel_build_tarball={tarball}"]
+
+
 @pytest.mark.kbuild
 def test_git_and_tarball_sources_key_the_build_by_their_own_commit_and_version(
     kernel_artifact, config_stage_tree, tmp_path
@@ -274,8 +280,7 @@ def test_git_and_tarball_sources_key_the_build_by_their_own_commit_and_version(
     makefile = config_stage_tree / "Makefile"
     makefile.write_text(makefile.read_text().replace("\nSUBLEVEL = 192\n", "\nSUBLEVEL = 193\n", 1))
     run([*git, "commit", "-qam", "6.1.193"])
-    tarball = tmp_path / "linux-6.1.193.tar.gz"
-    run(["tar", "-C", config_stage_tree.parent, "--exclude=.git", "-czf", tarball, config_stage_tree.name])
+    newer = tarball_source(config_stage_tree, tmp_path / "linux-6.1.193.tar.gz")
 
     # git at an older commit than HEAD: that commit is checked out, and only the source id differs from the session's
     # Debian build — the same final .config byte for byte, yet another cache key.
@@ -287,9 +292,7 @@ def test_git_and_tarball_sources_key_the_build_by_their_own_commit_and_version(
     assert git_key.startswith("6.1.192-") and git_key != kernel_artifact.name
 
     # The tarball of the newer version: its version names the artifact and changes the key.
-    tar_key, tar_config = config_stage(
-        tmp_path / "tarball", "-e", "kernel_build_source=tarball", "-e", f"kernel_build_tarball={tarball}"
-    )
+    tar_key, tar_config = config_stage(tmp_path / "tarball", *newer)
     assert tar_key.startswith("6.1.193-") and "# Linux/x86_64 6.1.193 Kernel Configuration" in tar_config
     print(f"debian {kernel_artifact.name}, git@{first[:12]} {git_key}, tarball {tar_key}")
 
@@ -310,11 +313,10 @@ def test_local_patch_and_a_given_base_config_reach_the_final_config(kernel_artif
     patch.write_text(diff.stdout)
     fragment = tmp_path / "lab-patched.config"
     fragment.write_text("CONFIG_LAB_PATCHED=y\n")
-    tarball = tmp_path / "linux.tar.gz"
-    run(["tar", "-C", config_stage_tree.parent, "--exclude=.git", "-czf", tarball, config_stage_tree.name])
-    base = kernel_artifact / ".config"
-    common = ["-e", "kernel_build_source=tarball", "-e", f"kernel_build_tarball={tarball}",
-              "-e", "kernel_build_base=file", "-e", f"kernel_build_base_file={base}"]  # fmt: skip
+    common = [
+        *tarball_source(config_stage_tree, tmp_path / "linux.tar.gz"),
+        *("-e", "kernel_build_base=file", "-e", f"kernel_build_base_file={kernel_artifact / '.config'}"),
+    ]
 
     key, config = config_stage(
         tmp_path / "patched", *common,
@@ -333,12 +335,8 @@ def test_running_base_starts_from_the_build_hosts_own_kernel_config(config_stage
     """Base `running`: /proc/config.gz of kernel_build_for (here this machine's 6.18) is the base the fragments go
     over — its own choices (LOCALVERSION, virtio-mmio, NUMA) survive in the final 6.1 .config."""
     running = parse_config(subprocess.run(["zcat", "/proc/config.gz"], capture_output=True, text=True).stdout)
-    tarball = tmp_path / "linux.tar.gz"
-    run(["tar", "-C", config_stage_tree.parent, "--exclude=.git", "-czf", tarball, config_stage_tree.name])
-    _, config = config_stage(
-        tmp_path / "running", "-e", "kernel_build_source=tarball", "-e", f"kernel_build_tarball={tarball}",
-        "-e", "kernel_build_base=running",
-    )  # fmt: skip
+    source = tarball_source(config_stage_tree, tmp_path / "linux.tar.gz")
+    _, config = config_stage(tmp_path / "running", *source, "-e", "kernel_build_base=running")
     final = parse_config(config)
     for option in ("CONFIG_LOCALVERSION", "CONFIG_VIRTIO_MMIO", "CONFIG_NUMA"):
         assert final.get(option) == running.get(option), option
