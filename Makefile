@@ -13,12 +13,14 @@ APT_PACKAGES := python3-venv python3-dev qemu-system-x86 qemu-system-arm qemu-ut
   debootstrap gdb trace-cmd stress-ng busybox-static build-essential bc bison flex libelf-dev \
   libssl-dev dwarves cpio kmod rsync openssh-client e2fsprogs gcc-aarch64-linux-gnu linux-source-6.1 \
   systemd chromium iproute2 procps util-linux xz-utils fdisk
-SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+# The compiled extension's source too: pip install -e rebuilds it when it changes.
+EXT_SOURCES := collect/funcgraph.pyx
+SETUP_STAMP := $(VENV)/.setup-$(shell cat pyproject.toml Makefile $(EXT_SOURCES) | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test lint pytest molecule bench clean
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml Makefile
+$(SETUP_STAMP): pyproject.toml Makefile $(EXT_SOURCES)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo ">> apt: installing $$missing"; \
@@ -28,7 +30,7 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	@echo ">> venv: installing pinned tool chain and collect (editable)"
 	@$(BIN)/pip install -q --disable-pip-version-check -e '.[lab,dev]' > $(VENV)/pip.log 2>&1 \
 	  || { cat $(VENV)/pip.log; exit 1; }
-	@$(PY) -c 'import ansible, ansible_runner, molecule, pyinfra, collect, compaction_module_utils'
+	@$(PY) -c 'import ansible, ansible_runner, molecule, pyinfra, collect.funcgraph, compaction_module_utils'
 	@rm -f $(VENV)/.setup-*; touch $@
 
 # This machine + lab-x86 + lab-arm (localhost runs collect). lab_down.yml also on failure or Ctrl-C.

@@ -16,6 +16,9 @@ DIRECT_FUNCS = {"try_to_compact_pages", "__alloc_pages_direct_compact", "compact
 MANUAL_FUNCS = {"sysctl_compaction_handler", "compact_nodes", "sysfs_compact_node", "compact_store"}
 PROACTIVE_FUNCS = {"proactive_compact_node"}
 KCOMPACTD_FUNCS = {"kcompactd_do_work"}
+# The closings the pairing hears (on_close): a call's duration when the events give none, and the
+# function_graph captures without compaction events.
+CLOSE_FUNCS = frozenset({"compact_zone"})
 
 COMPACTION_COLUMNS = (
     "task",
@@ -111,7 +114,7 @@ class CompactionPairer:
         return True
 
     def on_close(self, frame, dur, _status):
-        if _base(frame.fn) == "compact_zone":
+        if _base(frame.fn) in CLOSE_FUNCS:
             self.frame_dur[frame.id] = dur
 
     def event(self, cpu, task, pid, ts, name, ints, strs, frames):
@@ -214,7 +217,7 @@ class ZoneCallCompactions:
         self.frames = []
 
     def on_close(self, frame, dur, status):
-        if _base(frame.fn) == "compact_zone":
+        if _base(frame.fn) in CLOSE_FUNCS:
             self.frames.append((frame, dur, status))
 
     def rows(self, first_switch):

@@ -1,7 +1,9 @@
 """Streaming lexer for ftrace text: the `trace` file of any tracer, and `trace-cmd report` output.
 
-One generator, one tuple per meaningful line, nothing kept across lines except the line number, so memory is flat
-in the input size. Pairing calls and typing event fields happen downstream (callgraph.py, events.py).
+One pass, one tuple per meaningful line, nothing kept across lines except the line number, so memory is flat in the
+input size. The per-line loop, the function_graph line parser and the pairing of graph calls are compiled
+(funcgraph.pyx): graph lines go straight to its CallGraph; the tuples below reach Python. Typing event fields
+happens downstream (events.py).
 
 Tuples (first item = kind):
   ("graph", seq, cpu, task, pid, ts, depth, op, fn, dur_us)   function_graph line; op: leaf | enter | exit
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 
+from collect import funcgraph
 from collect.events import sql_literal
 
 # task-pid [cpu] flags ts: [name: ]rest   (tgid column and flags optional; trace-cmd report prints no flags).
@@ -29,22 +32,9 @@ from collect.events import sql_literal
 _TP = re.compile(
     r"^\s*(.*?)-(\d+)\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[(\d+)\]\s+(?:\S{4,6}\s+)?(\d+\.\d+):\s+(?:(\w+):\s?)?(.*)$"
 )
-# [abstime |] cpu) [task-pid |] [marker] [duration us] | text
-_GRAPH = re.compile(
-    r"^\s*(?:(?P<abs>\d+\.\d+)\s*\|\s*)?(?P<cpu>\d+)\)\s*(?:(?P<task>[^|\s][^|]*?)-(?P<pid>\d+)\s+\|\s*)?"
-    r"(?P<mark>[-+!#*@$=<>]*)\s*(?:(?P<dur>\d+(?:\.\d+)?)\s*us\s*)?\|(?P<text>.*)$"
-)
 # trace-cmd's funcgraph_entry/funcgraph_exit body: [marker] [duration us] | text
 _GRAPH_BODY = re.compile(r"^\s*[+!#*@$]?\s*(?:(?P<dur>\d+(?:\.\d+)?)\s*us\s*)?\|(?P<text>.*)$")
-_SWITCH = re.compile(r"^\s*(?P<cpu>\d+)\)\s*(?P<pt>.+?)-(?P<pp>\d+)\s+=>\s+(?P<nt>.+?)-(?P<np>\d+)\s*$")
 _FUNC = re.compile(r"^(\S+)\s+<-+\s*(\S+)")
-_COMMENT = re.compile(r"^/\*\s*(\w+):\s?(.*?)\s*\*/\s*$")
-_EXIT_FN = re.compile(r"/\*\s*([^\s=*]+)")
-_LOST = re.compile(r"CPU:(\d+) \[LOST (\d+) EVENTS\]")
-_ENTRIES = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)\s+#P:(\d+)")
-_STARTED = re.compile(r"#+ CPU (\d+) buffer started #+")
-# `trace-cmd report` prefixes every line of an instance buffer with "<instance>:"; padding follows it.
-_TC_BUFFER = re.compile(r"^[\w.-]+: {2,}")
 
 
 # The vectorised form of _tp_line, for the lines DuckDB splits itself (split_text_sql): a named tracepoint line
@@ -100,91 +90,11 @@ class TraceFormatError(ValueError):
     """The input is not ftrace text at all (binary data, wrong file)."""
 
 
-def lex(lines, trace_cmd=False, numbered=False):
-    """Yield one tuple per line of ``lines`` (an iterable of str; of (line number, str) when ``numbered``: the lines
-    split_text_sql left to Python). See the module docstring."""
-    graph_first = False
-    for seq, line in lines if numbered else enumerate(lines, 1):
-        line = line.rstrip("\n")
-        stripped = line.lstrip()
-        if not stripped:
-            continue
-        first = stripped[0]
-        if first == "#":
-            if line.startswith("# tracer:"):
-                yield ("header", seq, "tracer", line.split(":", 1)[1].strip())
-            elif m := _ENTRIES.search(line):
-                yield ("header", seq, "entries_in_buffer", int(m.group(1)))
-                yield ("header", seq, "entries_written", int(m.group(2)))
-                yield ("header", seq, "ncpus", int(m.group(3)))
-            elif m := _STARTED.search(line):
-                yield ("header", seq, "cpu_buffer_started", int(m.group(1)))
-            continue
-        if first == "-" and line.strip("- ") == "":
-            continue
-        if "[LOST" in line and (m := _LOST.search(line)):  # substring test first: a search per line costs
-            yield ("lost", seq, int(m.group(1)), int(m.group(2)))
-            continue
-        if trace_cmd:
-            if line.startswith(("cpus=", "version =")):
-                continue
-            if line[0] != " " and (m := _TC_BUFFER.match(line)):
-                line = line[m.end() :]
-        if graph_first or ")" in line[:8]:
-            out = _graph_line(seq, line)
-            if out is not None:
-                graph_first = True
-                yield out
-                continue
-        out = _tp_line(seq, line)
-        if out is not None:
-            graph_first = False
-            yield out
-            continue
-        out = _graph_line(seq, line)
-        if out is not None:
-            graph_first = True
-            yield out
-            continue
-        binary = "\x00" in line or "\ufffd" in line or not line.replace("\t", " ").isprintable()
-        yield ("skip", seq, "binary or control characters" if binary else "not an ftrace line", line[:120])
-
-
-def _graph_line(seq, line):
-    """One function_graph line -> tuple; the hot path of graph captures, so kept in one function."""
-    m = _GRAPH.match(line)
-    if m is None:
-        if "=>" in line and (s := _SWITCH.match(line)):
-            cpu, pt, pp, nt, np_ = s.groups()
-            return ("switch", seq, int(cpu), pt.strip(), int(pp), nt.strip(), int(np_))
-        return None
-    abs_ts, cpu, task, pid, mark, dur, text = m.groups()
-    cpu = int(cpu)
-    if mark and "=" in mark:
-        return ("irq", seq, cpu, "enter" if ">" in mark else "exit")
-    if task is not None:
-        task, pid = task.strip(), int(pid)
-    ts = float(abs_ts) if abs_ts else None
-    body = text.lstrip(" ")
-    depth = (len(text) - len(body) - 2) // 2
-    if depth < 0:
-        depth = 0
-    c = body[:1]
-    if c == "}":
-        e = _EXIT_FN.search(body)
-        return ("graph", seq, cpu, task, pid, ts, depth, "exit", e.group(1) if e else None, float(dur) if dur else None)
-    if c == "/":
-        e = _COMMENT.match(body)
-        if e:
-            return ("event", seq, cpu, task, pid, ts, e.group(1), e.group(2))
-        return ("event", seq, cpu, task, pid, ts, "print", body.strip("/* "))
-    paren = body.find("(")
-    if paren > 0:
-        if body[-1] == "{":
-            return ("graph", seq, cpu, task, pid, ts, depth, "enter", body[:paren], None)
-        if ";" in body:
-            return ("graph", seq, cpu, task, pid, ts, depth, "leaf", body[:paren], float(dur) if dur else None)
-    return ("skip", seq, "function_graph line without a call", text[:120])
+def lex(lines, graph, emit, trace_cmd=False, numbered=False):
+    """Read ``lines`` (an iterable of str; of (line number, str) when ``numbered``: the lines split_text_sql left to
+    Python): function_graph calls go to ``graph`` (funcgraph.CallGraph), every other tuple (see the module
+    docstring) to ``emit``."""
+    funcgraph.lex(lines, trace_cmd, numbered, _tp_line, graph, emit)
 
 
 def _tp_line(seq, line):
@@ -200,7 +110,7 @@ def _tp_line(seq, line):
                 return ("skip", seq, "unreadable %s body" % name, line[:120])
             # Re-use the graph path on "<cpu>) <dur> | <text>", trace-cmd's columns in front.
             dur = g.group("dur")
-            rec = _graph_line(seq, "%d) %s |%s" % (cpu, dur + " us" if dur else "", g.group("text")))
+            rec = funcgraph.graph_line(seq, "%d) %s |%s" % (cpu, dur + " us" if dur else "", g.group("text")))
             if rec is None or rec[0] not in ("graph", "event"):
                 return ("skip", seq, "unreadable %s body" % name, line[:120])
             return (*rec[:3], task, pid, ts, *rec[6:])

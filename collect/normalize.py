@@ -17,10 +17,10 @@ import pyarrow.compute as pc
 from compaction_module_utils import fragmentation, tracefs
 
 from collect import tables
-from collect.callgraph import CallGraph
-from collect.compactions import CompactionPairer, ZoneCallCompactions
+from collect.compactions import CLOSE_FUNCS, CompactionPairer, ZoneCallCompactions
 from collect.events import load_formats, parse_fields, status_sql
 from collect.ftrace_text import TraceFormatError, lex, mostly_tracepoints, open_text, split_text_sql
+from collect.funcgraph import CallGraph
 
 OUT_DIR = "normalized"
 SKIP_SAMPLES = 5
@@ -173,8 +173,9 @@ def _normalize_trace(source_kind, path, out_dir, run, host, formats, split):
     os.makedirs(out_dir, exist_ok=True)
     events_w = tables.EventsWriter(out_dir, run, host, formats)
     switches_w = tables.TableWriter(os.path.join(out_dir, "switches.parquet"), "switches", run, host)
-    raw_calls = os.path.join(out_dir, "calls.raw.parquet")
-    calls_w = tables.TableWriter(raw_calls, "calls", run, host)
+    calls_w = tables.TableWriter(os.path.join(out_dir, "calls.parquet"), "calls", run, host)
+    pending_calls = os.path.join(out_dir, "calls.pending.parquet")
+    pending_w = tables.TableWriter(pending_calls, "calls", run, host, compression="none")
     comp_rows = []
     pairer = CompactionPairer(comp_rows.append)
     zone_calls = ZoneCallCompactions()
@@ -183,11 +184,58 @@ def _normalize_trace(source_kind, path, out_dir, run, host, formats, split):
         pairer.on_close(frame, dur, status)
         zone_calls.on_close(frame, dur, status)
 
-    graph = CallGraph(calls_w.append, on_close)
-    # Bound once: the event branch runs for every line of a tracepoint capture.
-    append_event, running, wants = events_w.append, graph.current, pairer.WANTS
-    header, skips, lost_markers, first_switch = {}, {}, 0, {}
-    skip_samples, irq = [], 0
+    # Graph lines are paired in compiled code (funcgraph.pyx); only the compact_zone closings come back here.
+    graph = CallGraph(calls_w.write_columns, pending_w.write_columns, on_close, CLOSE_FUNCS)
+    running, wants = graph.current, pairer.WANTS
+    header, skips, first_switch = {}, {}, {}
+    skip_samples, counts = [], {"lost": 0, "irq": 0}
+
+    def record(rec):
+        """Every lexed tuple but the graph calls: events, switches, headers, markers, skips (ftrace_text)."""
+        kind = rec[0]
+        if kind == "event":
+            _, seq, cpu, task, pid, ts, name, body = rec
+            if pid is None:
+                key, task, pid = graph.key_for(cpu, task, pid)
+            else:  # what key_for does for a line with a task column, minus the call; key only when needed
+                running[cpu] = (task, pid)
+                key = None
+            # Only the events that pair compactions are typed here; all of them are typed in bulk by DuckDB
+            # (tables.EventsWriter.close) from the raw body, which is what keeps this path fast.
+            if name in wants and pairer.wants(name, pid if pid is not None else -1 - cpu):
+                if key is None:
+                    key = graph.key(cpu, pid)
+                ints, strs, _ = parse_fields(name, body, formats)
+                stack = graph.stacks.get(key, ())
+                frames = [f for f in stack if f is not None and f.fn]
+                pairer.event(cpu, task, pid if pid is not None else -1 - cpu, ts, name, ints, strs, frames)
+            append_event((seq, ts, cpu, task, pid, name, body))
+        elif kind == "func":
+            _, seq, cpu, task, pid, ts, fn, parent = rec
+            graph.function_call(seq, cpu, task, pid, ts, fn, parent)
+        elif kind == "switch":
+            _, seq, cpu, pt, pp, nt, np_ = rec
+            if cpu not in graph.current:
+                first_switch.setdefault(cpu, (seq, pt, pp))
+            graph.switch(cpu, pt, pp, nt, np_)
+            switches_w.append((seq, cpu, pt, pp, nt, np_))
+        elif kind == "header":
+            _, _, k, v = rec
+            if k == "cpu_buffer_started":
+                header.setdefault("cpu_buffer_started", []).append(v)
+            else:
+                header[k] = v
+        elif kind == "lost":
+            counts["lost"] += rec[3]
+        elif kind == "irq":
+            counts["irq"] += 1
+        else:  # skip
+            _, seq, reason, text = rec
+            skips[reason] = skips.get(reason, 0) + 1
+            if len(skip_samples) < SKIP_SAMPLES:
+                skip_samples.append({"line": seq, "reason": reason, "text": text})
+
+    append_event = events_w.append
     try:
         if split:
             lines = _split_lines(path, events_w, wants)
@@ -196,58 +244,11 @@ def _normalize_trace(source_kind, path, out_dir, run, host, formats, split):
     except TraceFormatError as e:
         raise NormalizeError(str(e)) from e
     try:
-        for rec in lex(lines, trace_cmd=source_kind == "dat", numbered=split):
-            kind = rec[0]
-            if kind == "graph":
-                _, seq, cpu, task, pid, ts, depth, op, fn, dur = rec
-                graph.feed(seq, cpu, task, pid, ts, depth, op, fn, dur)
-            elif kind == "event":
-                _, seq, cpu, task, pid, ts, name, body = rec
-                if pid is None:
-                    key, task, pid = graph.key_for(cpu, task, pid)
-                else:  # what key_for does for a line with a task column, minus the call; key only when needed
-                    running[cpu] = (task, pid)
-                    key = None
-                # Only the events that pair compactions are typed here; all of them are typed in bulk by DuckDB
-                # (tables.EventsWriter.close) from the raw body, which is what keeps this loop fast.
-                if name in wants and pairer.wants(name, pid if pid is not None else -1 - cpu):
-                    if key is None:
-                        key = graph._key(cpu, pid)
-                    ints, strs, _ = parse_fields(name, body, formats)
-                    stack = graph.stacks.get(key, ())
-                    frames = [f for f in stack if f is not None and f.fn]
-                    pairer.event(cpu, task, pid if pid is not None else -1 - cpu, ts, name, ints, strs, frames)
-                append_event((seq, ts, cpu, task, pid, name, body))
-            elif kind == "func":
-                _, seq, cpu, task, pid, ts, fn, parent = rec
-                calls_w.append(
-                    (graph._new_id(), None, seq, cpu, task, pid, None, fn, parent, ts, None, "complete", "function")
-                )
-            elif kind == "switch":
-                _, seq, cpu, pt, pp, nt, np_ = rec
-                if cpu not in graph.current:
-                    first_switch.setdefault(cpu, (seq, pt, pp))
-                graph.switch(cpu, pt, pp, nt, np_)
-                switches_w.append((seq, cpu, pt, pp, nt, np_))
-            elif kind == "header":
-                _, _, k, v = rec
-                if k == "cpu_buffer_started":
-                    header.setdefault("cpu_buffer_started", []).append(v)
-                else:
-                    header[k] = v
-            elif kind == "lost":
-                lost_markers += rec[3]
-            elif kind == "irq":
-                irq += 1
-            else:  # skip
-                _, seq, reason, text = rec
-                skips[reason] = skips.get(reason, 0) + 1
-                if len(skip_samples) < SKIP_SAMPLES:
-                    skip_samples.append({"line": seq, "reason": reason, "text": text})
+        lex(lines, graph, record, trace_cmd=source_kind == "dat", numbered=split)
     except TraceFormatError as e:
         raise NormalizeError(str(e)) from e
     except _SplitFailed:
-        for w in (calls_w, switches_w, events_w):
+        for w in (calls_w, pending_w, switches_w, events_w):
             w.close(discard=True)
         raise
     finally:
@@ -256,9 +257,10 @@ def _normalize_trace(source_kind, path, out_dir, run, host, formats, split):
 
     graph.finish()
     pairer.finish()
+    pending_w.close()
+    tables.finalize_calls(pending_calls, calls_w, first_switch, graph.lost_names())
     calls_w.close()
     switches_w.close()
-    tables.finalize_calls(raw_calls, os.path.join(out_dir, "calls.parquet"), first_switch)
     event_status = events_w.close()
     if pairer.begins == 0 and pairer.ends_without_begin == 0:
         comp_rows.extend(zone_calls.rows(first_switch))
@@ -268,12 +270,12 @@ def _normalize_trace(source_kind, path, out_dir, run, host, formats, split):
         "skipped_lines": sum(skips.values()),
         "skipped_by_reason": skips,
         "skipped_samples": skip_samples,
-        "lost_markers": lost_markers,
+        "lost_markers": counts["lost"],
         "orphan_exits": graph.orphan_exits,
         "truncated_calls": graph.truncated,
         "mismatched_exits": graph.mismatched_exits,
         "event_parse": event_status,
-        "irq_markers": irq,
+        "irq_markers": counts["irq"],
         "compaction_ends_without_begin": pairer.ends_without_begin,
         "calls": calls_w.count,
         "events": events_w.count,

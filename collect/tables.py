@@ -13,9 +13,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from collect.callgraph import CALL_COLUMNS
 from collect.compactions import COMPACTION_COLUMNS
 from collect.events import dump_formats, fields_sql, formats_from_dump, sql_literal, status_sql
+from collect.funcgraph import CALL_COLUMNS
 
 S, I32, I64, F64, B = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
 KEY = [("run", S), ("host", S)]
@@ -118,14 +118,14 @@ def duck():
 class TableWriter:
     """Append row tuples (without run/host); flushed to Parquet every ``batch`` rows."""
 
-    def __init__(self, path, name, run, host, batch=65536):
+    def __init__(self, path, name, run, host, batch=65536, compression="zstd"):
         self.schema = SCHEMAS[name]
         # Rows become one struct array, split into columns: a single C++ pass (half the cost of a zip per column).
         self.row_type = pa.struct(list(self.schema)[2:])
         self.path, self.run, self.host, self.batch = path, run, host, batch
         self.rows = []
         self.count = 0
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, self.schema, compression=compression)
 
     def append(self, row):
         self.rows.append(row)
@@ -135,12 +135,15 @@ class TableWriter:
     def flush(self):
         if not self.rows:
             return
-        n = len(self.rows)
-        cols = pa.array(self.rows, self.row_type).flatten()
+        self.write_columns(pa.array(self.rows, self.row_type).flatten())
+        self.rows = []
+
+    def write_columns(self, cols):
+        """One batch given as Arrow arrays, the schema's columns minus run/host (funcgraph.CallGraph's rows)."""
+        n = len(cols[0])
         arrays = [pa.array([self.run] * n, S), pa.array([self.host] * n, S), *cols]
         self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self.count += n
-        self.rows = []
 
     def close(self, discard=False):
         if not discard:
@@ -199,35 +202,39 @@ def _dir_formats(table_dir):
         return {}
 
 
-def finalize_calls(raw_path, out_path, first_switch):
-    """Second pass in DuckDB: name each row's parent from the lost frame its closing named, and give rows seen
-    before a CPU's first context-switch banner the task that banner switched away from."""
-    con = duck()
-    con.register(
-        "fs",
-        pa.table(
-            {
-                "cpu": pa.array([c for c in first_switch], I32),
-                "fseq": pa.array([v[0] for v in first_switch.values()], I64),
-                "ftask": pa.array([v[1] for v in first_switch.values()], S),
-                "fpid": pa.array([v[2] for v in first_switch.values()], I32),
-            }
-        ),
-    )
-    src = sql_literal(raw_path)
-    con.execute(
-        f"""COPY (
-          SELECT c.* REPLACE (
-            coalesce(c.task, CASE WHEN c.seq < fs.fseq THEN fs.ftask END) AS task,
-            coalesce(c.pid, CASE WHEN c.seq < fs.fseq THEN fs.fpid END) AS pid,
-            coalesce(c.parent, p.function) AS parent)
-          FROM read_parquet({src}) c
-          LEFT JOIN (SELECT id, function FROM read_parquet({src}) WHERE status = 'orphan') p ON p.id = c.parent_id
-          LEFT JOIN fs ON fs.cpu = c.cpu
-        ) TO {sql_literal(out_path)} (FORMAT parquet, COMPRESSION zstd)"""
-    )
-    con.close()
-    os.unlink(raw_path)
+def finalize_calls(pending_path, calls_w, first_switch, lost_names):
+    """The rows funcgraph.CallGraph wrote as pending, completed in DuckDB and appended to ``calls_w``: the parent
+    named by the orphan closing of a lost frame (``lost_names`` {id: name}), and for rows seen before a CPU's first
+    context-switch banner the task that banner switched away from (``first_switch`` cpu -> (seq, task, pid))."""
+    meta = pq.read_metadata(pending_path)
+    if meta.num_rows:
+        con = duck()
+        con.register(
+            "fs",
+            pa.table(
+                {
+                    "cpu": pa.array(list(first_switch), I32),
+                    "fseq": pa.array([v[0] for v in first_switch.values()], I64),
+                    "ftask": pa.array([v[1] for v in first_switch.values()], S),
+                    "fpid": pa.array([v[2] for v in first_switch.values()], I32),
+                }
+            ),
+        )
+        names = pa.table({"id": pa.array(list(lost_names), I64), "name": pa.array(list(lost_names.values()), S)})
+        con.register("lost", names)
+        reader = con.sql(
+            f"""SELECT c.* EXCLUDE (run, host) REPLACE (
+                coalesce(c.task, CASE WHEN c.seq < fs.fseq THEN fs.ftask END) AS task,
+                coalesce(c.pid, CASE WHEN c.seq < fs.fseq THEN fs.fpid END) AS pid,
+                coalesce(c.parent, lost.name) AS parent)
+              FROM read_parquet({sql_literal(pending_path)}) c
+              LEFT JOIN lost ON lost.id = c.parent_id
+              LEFT JOIN fs ON fs.cpu = c.cpu"""
+        ).to_arrow_reader(65536)
+        for batch in reader:
+            calls_w.write_columns(batch.columns)
+        con.close()
+    os.unlink(pending_path)
 
 
 class EventsWriter:
