@@ -25,6 +25,7 @@ import re
 import pyarrow as pa
 
 from cpython cimport array
+from libc.string cimport memchr, memcpy
 from cpython.unicode cimport Py_UNICODE_ISALNUM, Py_UNICODE_ISDECIMAL, Py_UNICODE_ISSPACE
 
 
@@ -32,6 +33,7 @@ cdef extern from "Python.h":
     ctypedef struct PyObject
     int PyUnicode_KIND(object s)
     const void *PyUnicode_DATA(object s)
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
     # one character of a str whose kind and data are read once per line, not per character
     Py_UCS4 RD "PyUnicode_READ"(int kind, const void *data, Py_ssize_t i)
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception) except? -1.0
@@ -98,12 +100,19 @@ cdef object _int(str s, Py_ssize_t a, Py_ssize_t b):
     return v
 
 
+cdef double _POW10[16]
+for _i in range(16):
+    _POW10[_i] = 10.0 ** _i
+
+
 cdef double _float(str s, Py_ssize_t a, Py_ssize_t b) except? -1.0:
-    """float(s[a:b]) of digits[.digits], without the str object (same correctly rounded result)."""
+    """float(s[a:b]) of digits[.digits], without the str object: the same correctly rounded result (up to 15
+    digits, both integer and power of ten are exact doubles, so one IEEE division rounds correctly)."""
     cdef int uk = PyUnicode_KIND(s)
     cdef const void *ud = PyUnicode_DATA(s)
     cdef char buf[64]
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, digits = 0, frac = -1
+    cdef long long m = 0
     cdef Py_UCS4 c
     if b - a > 63:
         return float(s[a:b])
@@ -112,8 +121,32 @@ cdef double _float(str s, Py_ssize_t a, Py_ssize_t b) except? -1.0:
         if <unsigned int> c > 127:
             return float(s[a:b])
         buf[i - a] = <char> c
+        if c == ".":
+            frac = 0
+        else:
+            m = m * 10 + (<unsigned int> c - 48)
+            digits += 1
+            if frac >= 0:
+                frac += 1
+    if digits <= 15:
+        return m / _POW10[frac if frac > 0 else 0]
     buf[b - a] = 0
     return PyOS_string_to_double(buf, NULL, NULL)
+
+
+cdef inline Py_ssize_t _find(int uk, const void *ud, Py_ssize_t a, Py_ssize_t b, Py_UCS4 ch):
+    """Index of ch in [a, b), or -1."""
+    cdef const char *hit
+    if a >= b:
+        return -1
+    if uk == 1:
+        hit = <const char *> memchr(<const char *> ud + a, ch, b - a)
+        return hit - <const char *> ud if hit != NULL else -1
+    while a < b:
+        if RD(uk, ud, a) == ch:
+            return a
+        a += 1
+    return -1
 
 
 cdef class _Line:
@@ -300,11 +333,11 @@ cdef int _parse(_Line L, long long seq, str s, Py_ssize_t n) except -1:
         bar = _tail(s, q, n, mark, dur)
         if bar < 0:
             return _switch(L, seq, s, n)
-    for i in range(bar + 1, n):  # `.*$`: no line break inside, but one may end the string
-        if RD(uk, ud, i) == "\n":
-            if i != n - 1:
-                return _switch(L, seq, s, n)
-            n = i
+    i = _find(uk, ud, bar + 1, n, "\n")  # `.*$`: no line break inside, but one may end the string
+    if i >= 0:
+        if i != n - 1:
+            return _switch(L, seq, s, n)
+        n = i
     for i in range(mark[0], mark[1]):
         if RD(uk, ud, i) == "=":
             irq = True
@@ -352,18 +385,15 @@ cdef int _parse(_Line L, long long seq, str s, Py_ssize_t n) except -1:
             ev = ("print", s[bs:n].strip("/* "))
         L.rec = ("event", seq, cpu, L.task, L.pid if has_task else None, L.ts if L.has_ts else None, *ev)
         return RECORD
-    i = bs
-    while i < n and RD(uk, ud, i) != "(":
-        i += 1
-    if bs < i < n:  # a name, then '('
+    i = _find(uk, ud, bs, n, "(")
+    if i > bs:  # a name, then '('
         if RD(uk, ud, n - 1) == "{":
             L.op, L.fn = OP_ENTER, s[bs:i]
             L.has_dur = False
             return CALL
-        for p in range(bs, n):
-            if RD(uk, ud, p) == ";":
-                L.op, L.fn = OP_LEAF, s[bs:i]
-                return CALL
+        if _find(uk, ud, bs, n, ";") >= 0:
+            L.op, L.fn = OP_LEAF, s[bs:i]
+            return CALL
     L.rec = ("skip", seq, "function_graph line without a call", s[bar + 1 : min(n, bar + 121)])
     return RECORD
 
@@ -406,6 +436,19 @@ def graph_line(seq, str line):
     )
 
 
+cdef inline bint _has_lost(str s, int uk, const void *ud, Py_ssize_t n):
+    """`"[LOST" in s` (a marker can only be in the first n characters: the rest are line breaks)"""
+    cdef Py_ssize_t i = _find(uk, ud, 0, n, "[")
+    if uk != 1:
+        return "[LOST" in s
+    while i >= 0:
+        if i + 5 <= n and RD(uk, ud, i + 1) == "L" and RD(uk, ud, i + 2) == "O" and RD(uk, ud, i + 3) == "S" \
+                and RD(uk, ud, i + 4) == "T":
+            return True
+        i = _find(uk, ud, i + 1, n, "[")
+    return False
+
+
 cdef inline bint _has_close_paren(str s, Py_ssize_t n):
     """`")" in s[:8]`"""
     cdef int uk = PyUnicode_KIND(s)
@@ -443,7 +486,7 @@ def lex(lines, bint trace_cmd, bint numbered, tp_line, CallGraph graph, emit):
         if i == n:
             continue
         first = RD(uk, ud, i)
-        if first != "#" and first != "-" and not trace_cmd and "[LOST" not in line:
+        if first != "#" and first != "-" and not trace_cmd and not _has_lost(line, uk, ud, n):
             if graph_first or _has_close_paren(line, n):  # the common case: a graph line, no str copied
                 kind = _parse(L, seq, line, n)
                 if kind != NO_MATCH:
@@ -555,6 +598,38 @@ cdef Frame _frame(long long fid, fn, Frame parent, int depth, long long seq, int
 cdef array.array _I64 = array.array("q"), _I32 = array.array("i"), _F64 = array.array("d"), _U8 = array.array("B")
 
 
+cdef class _StrCol:
+    """A string column being built: UTF-8 bytes, offsets and validity, handed to Arrow without a converter pass."""
+    cdef bytearray data
+    cdef Py_ssize_t size
+    cdef array.array offsets, valid
+    cdef int n
+
+    def __cinit__(self, int batch):
+        self.data, self.size, self.n = bytearray(1 << 16), 0, 0
+        self.offsets, self.valid = array.clone(_I32, batch + 1, False), array.clone(_U8, batch, False)
+        self.offsets.data.as_ints[0] = 0
+
+    cdef int put(self, s) except -1:
+        cdef const char *utf8
+        cdef Py_ssize_t k = 0
+        if s is None:
+            self.valid.data.as_uchars[self.n] = 0
+        else:
+            utf8 = PyUnicode_AsUTF8AndSize(s, &k)  # ASCII: the str's own bytes, nothing encoded
+            if self.size + k > len(self.data):
+                self.data.extend(bytes(len(self.data) + k))
+            memcpy(<char *> self.data + self.size, utf8, k)
+            self.size += k
+            self.valid.data.as_uchars[self.n] = 1
+        self.n += 1
+        self.offsets.data.as_ints[self.n] = <int> self.size
+        return 0
+
+    cdef array(self):
+        return _column(pa.string(), self.n, self.offsets, self.valid, pa.py_buffer(self.data))
+
+
 cdef class _Rows:
     """Call rows collected column by column, written as Arrow arrays (CALL_COLUMNS order) every ``batch`` rows."""
     cdef object write
@@ -562,7 +637,7 @@ cdef class _Rows:
     cdef long long count
     cdef array.array c_id, c_parent_id, c_seq, c_cpu, c_pid, c_depth, c_ts, c_dur
     cdef array.array v_parent_id, v_pid, v_depth, v_ts, v_dur  # 1 = not NULL
-    cdef list c_task, c_fn, c_parent, c_status, c_kind
+    cdef _StrCol c_task, c_fn, c_parent, c_status, c_kind
 
     def __init__(self, write, int batch):
         self.write, self.batch, self.count = write, batch, 0
@@ -576,7 +651,7 @@ cdef class _Rows:
         self.v_parent_id, self.v_pid, self.v_depth, self.v_ts, self.v_dur = [
             array.clone(_U8, self.batch, False) for _ in range(5)
         ]
-        self.c_task, self.c_fn, self.c_parent, self.c_status, self.c_kind = [], [], [], [], []
+        self.c_task, self.c_fn, self.c_parent, self.c_status, self.c_kind = [_StrCol(self.batch) for _ in range(5)]
 
     cdef int put(self, long long fid, Frame parent, parent_fn, long long seq, int cpu, task, long long pid,
                  bint has_pid, int depth, bint has_depth, fn, double ts, bint has_ts, double dur, bint has_dur,
@@ -595,11 +670,11 @@ cdef class _Rows:
         self.v_ts.data.as_uchars[i] = has_ts
         self.c_dur.data.as_doubles[i] = dur
         self.v_dur.data.as_uchars[i] = has_dur
-        self.c_task.append(task)
-        self.c_fn.append(fn)
-        self.c_parent.append(parent.fn if parent is not None else parent_fn)
-        self.c_status.append(status)
-        self.c_kind.append(kind)
+        self.c_task.put(task)
+        self.c_fn.put(fn)
+        self.c_parent.put(parent.fn if parent is not None else parent_fn)
+        self.c_status.put(status)
+        self.c_kind.put(kind)
         self.n = i + 1
         if self.n >= self.batch:
             self.flush()
@@ -614,15 +689,15 @@ cdef class _Rows:
             _column(pa.int64(), n, self.c_parent_id, self.v_parent_id),
             _column(pa.int64(), n, self.c_seq, None),
             _column(pa.int32(), n, self.c_cpu, None),
-            pa.array(self.c_task, pa.string()),
+            self.c_task.array(),
             _column(pa.int32(), n, self.c_pid, self.v_pid),
             _column(pa.int32(), n, self.c_depth, self.v_depth),
-            pa.array(self.c_fn, pa.string()),
-            pa.array(self.c_parent, pa.string()),
+            self.c_fn.array(),
+            self.c_parent.array(),
             _column(pa.float64(), n, self.c_ts, self.v_ts),
             _column(pa.float64(), n, self.c_dur, self.v_dur),
-            pa.array(self.c_status, pa.string()),
-            pa.array(self.c_kind, pa.string()),
+            self.c_status.array(),
+            self.c_kind.array(),
         ]
         self.count += n
         self._new_batch()
@@ -826,14 +901,16 @@ cdef class CallGraph:
         self.pending.flush()
 
 
-cdef object _column(object typ, int n, array.array data, array.array valid):
-    """An Arrow array over ``data``'s first n values; ``valid`` (one byte per row) becomes its validity bitmap."""
+cdef object _column(object typ, int n, array.array data, array.array valid, strings=None):
+    """An Arrow array over ``data``'s first n values (the offsets into ``strings`` for a string array); ``valid``
+    (one byte per row) becomes its validity bitmap."""
     cdef int i, nulls = 0
     cdef bytearray bits
     cdef unsigned char *b
     cdef unsigned char *v
+    extra = [strings] if strings is not None else []
     if valid is None:
-        return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(data)])
+        return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(data), *extra])
     bits = bytearray((n + 7) // 8)
     b = bits
     v = valid.data.as_uchars
@@ -842,4 +919,5 @@ cdef object _column(object typ, int n, array.array data, array.array valid):
             b[i >> 3] |= 1 << (i & 7)
         else:
             nulls += 1
-    return pa.Array.from_buffers(typ, n, [pa.py_buffer(bits) if nulls else None, pa.py_buffer(data)], null_count=nulls)
+    buffers = [pa.py_buffer(bits) if nulls else None, pa.py_buffer(data), *extra]
+    return pa.Array.from_buffers(typ, n, buffers, null_count=nulls)

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 
 import duckdb
-import pyarrow.compute as pc
 from compaction_module_utils import fragmentation, tracefs
 
 from collect import tables
@@ -159,9 +158,9 @@ def _split_lines(path, events_w, python_names):
     )
     try:
         for batch in con.sql(query).to_arrow_reader(65536):
-            split = pc.is_valid(batch.column("event"))
+            split = batch.column("event").is_valid()
             events_w.write_batch(batch.filter(split).drop_columns(["line"]))
-            rest = batch.filter(pc.is_valid(batch.column("line")))  # blank lines are NULL: lex() skips them anyway
+            rest = batch.filter(batch.column("line").is_valid())  # blank lines are NULL: lex() skips them anyway
             yield from zip(rest.column("seq").to_pylist(), rest.column("line").to_pylist(), strict=True)
     except duckdb.Error as e:
         raise _SplitFailed(str(e)) from e
