@@ -10,7 +10,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
 # With recommends, as the lab recipes were measured (chromium brings its fonts for the report screenshot).
 APT_PACKAGES := python3-venv python3-dev qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static \
-  debootstrap gdb trace-cmd stress-ng busybox-static build-essential bc bison flex libelf-dev \
+  mmdebstrap gdb trace-cmd stress-ng busybox-static build-essential bc bison flex libelf-dev \
   libssl-dev dwarves cpio kmod rsync openssh-client e2fsprogs gcc-aarch64-linux-gnu linux-source-6.1 \
   systemd chromium iproute2 procps util-linux xz-utils fdisk
 # The compiled extension's source too: pip install -e rebuilds it when it changes.

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Bootable BIOS disk, as debian-installer leaves a machine: MBR partition table, one ext4 root partition holding the
-# rootfs (with a Debian kernel package, its initramfs and grub-pc installed by debootstrap), GRUB in the MBR.
+# rootfs (with a Debian kernel package, its initramfs and grub-pc installed by mmdebstrap), GRUB in the MBR.
 # The file system is made without a loop mount (mkfs.ext4 -d at the partition's offset). GRUB is installed by
 # Debian's own grub-install + update-grub *inside* the guest, booted once by QEMU with the rootfs's kernel and
 # initramfs and disk-setup.sh as init: the host needs no grub and no root-only block-device tricks.
