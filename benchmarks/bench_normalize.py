@@ -61,10 +61,19 @@ def normalize_cmd(host_dir, source, out_root, tree=None):
 
 
 def export_tree(rev, dest):
-    """collect/ as committed at ``rev``, extracted under ``dest`` (git archive: the work tree is not touched)."""
-    archive = subprocess.run(["git", "archive", rev, "collect"], cwd=ROOT, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
-    return dest
+    """A folder to import collect/ as committed at ``rev`` from (git archive: the work tree is not touched). A
+    collect/ with compiled parts (funcgraph.pyx) is built and installed there by pip, as `make setup` builds it."""
+    src = os.path.join(dest, "src")
+    os.makedirs(src)
+    paths = ["collect", "pyproject.toml", "plugins/module_utils"]
+    archive = subprocess.run(["git", "archive", rev, *paths], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    if not glob.glob(os.path.join(src, "collect", "*.pyx")):
+        return src
+    site = os.path.join(dest, "site")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--target", site]
+    subprocess.run([*pip, src], check=True, capture_output=True)
+    return site
 
 
 def count_lines(path):
