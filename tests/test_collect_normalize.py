@@ -225,6 +225,30 @@ def test_lab_capture_normalizes(fixture, tmp_path):
         assert any(f.startswith("compact_zone") for f in s["functions"])
 
 
+def test_graph_trace_dat_matches_text(tmp_path):
+    """lab-x86-612 6.12: trace.txt (tracefs text, read by the compiled graph-line parser) and trace.dat of the same
+    buffer (trace-cmd's funcgraph_entry/exit lines, read through the tracepoint lexer) give the same calls. What the
+    two renderings print differently is compared as such: trace-cmd has ns timestamps, full task names and more
+    duration digits, and prints some leaves as an entry + exit pair."""
+    fixture = ROOT / "tests/fixtures/lab-x86-612-6.12"
+    host = tmp_path / "run" / fixture.name
+    shutil.copytree(fixture, host, ignore=shutil.ignore_patterns("*.md", "*.sh", "normalized"))
+    con = duckdb.connect()
+    us = "CAST(floor(round(ts * 1e9) / 1000) AS BIGINT)"
+    calls = {}
+    for source in ("txt", "dat"):
+        s = summary_mod.summarize(str(host), prefer=source, force=True)["hosts"][fixture.name]
+        assert s["source"] == "trace." + source and s["integrity"]["skipped_lines"] == 0
+        calls[source] = con.execute(
+            f"SELECT cpu, pid, depth, function, parent, {us}, status, duration_us, task "
+            f"FROM '{host}/normalized/calls.parquet' ORDER BY ALL"
+        ).fetchall()
+    assert len(calls["txt"]) > 19_000
+    assert [r[:7] for r in calls["dat"]] == [r[:7] for r in calls["txt"]]
+    for dat, txt in zip(calls["dat"], calls["txt"], strict=True):
+        assert dat[7] == pytest.approx(txt[7], rel=1e-6) and dat[8].startswith(txt[8])
+
+
 def test_global_buffer_capture_on_6_1_agrees_with_the_kernel_counters(tmp_path):
     """lab-x86 6.1: function_graph in the global buffer (the module's fallback there), automatic buffer, nothing lost.
 
