@@ -149,7 +149,8 @@ def match_functions(globs, names):
     """{glob: sorted matches} and {glob: near misses} for globs matching nothing."""
     matched, missing = {}, {}
     for g in globs:
-        hits = sorted(n for n in names if fnmatch.fnmatchcase(n, g))
+        # One compiled pattern per glob (fnmatchcase looks it up again per name: 40k+ names, seconds under TCG).
+        hits = sorted(filter(re.compile(fnmatch.translate(g)).match, names))
         if hits:
             matched[g] = hits
         else:

@@ -347,7 +347,7 @@ class Capture:
 
         plan["functions"], plan["function_globs"] = [], list(p["functions"])
         if p["tracer"] in FUNCTION_TRACERS:
-            why = self._function_refusal(p["tracer"])
+            why, available = self._function_refusal(p["tracer"])
             if why and p["fallback"] == "fail":
                 raise Refused(why + " (fallback=tracepoints would capture the events alone)")
             if why:
@@ -355,7 +355,7 @@ class Capture:
                 if not plan["events"]:
                     raise Refused(why + "; and no events were given to fall back to")
             else:
-                names = function_names(read(os.path.join(root, "available_filter_functions"), "") or "")
+                names = function_names(available)
                 for key in ("functions", "notrace", "graph_functions"):
                     matched, miss = match_functions(p[key], names)
                     if miss:
@@ -377,15 +377,17 @@ class Capture:
         return plan
 
     def _function_refusal(self, tracer):
+        """(why function tracing is refused or None, available_filter_functions text): the file is read once."""
         tracers = (read(os.path.join(self.root, "available_tracers"), "") or "").split()
         if tracer not in tracers:
-            return "tracer %s is not in available_tracers (%s)" % (tracer, " ".join(tracers))
+            return "tracer %s is not in available_tracers (%s)" % (tracer, " ".join(tracers)), ""
         ok, err = write_probe(os.path.join(self.root, "set_ftrace_filter"))
         if not ok:
-            return "the kernel refuses function tracing: set_ftrace_filter %s" % err
-        if read(os.path.join(self.root, "available_filter_functions")) is None:
-            return "available_filter_functions is not readable"
-        return None
+            return "the kernel refuses function tracing: set_ftrace_filter %s" % err, ""
+        available = read(os.path.join(self.root, "available_filter_functions"))
+        if available is None:
+            return "available_filter_functions is not readable", ""
+        return None, available
 
     # ---- setup: every change is recorded in the lease before it is made ----
     def start(self, plan, lease):

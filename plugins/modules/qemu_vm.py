@@ -401,13 +401,24 @@ def qemu_argv(p, paths, accel):
     return argv + p["extra_args"]
 
 
-def ssh_banner(port):
+def ssh_banner(paths, port, deadline):
+    """One connection, kept until the guest's sshd sends its banner or the connection closes (QEMU alive meanwhile).
+
+    slirp accepts at once and connects to the guest in the background, also before the guest has its address: a
+    probe given up after a few seconds still reaches the guest later, as an sshd the booting guest forks for nothing
+    (several at once when networkd comes up), and sees the banner only at the next probe.
+    """
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.settimeout(5)
-            return s.recv(64).startswith(b"SSH-")
+            s.settimeout(1)
+            while time.monotonic() < deadline and guest_pid(paths) is not None:
+                try:
+                    return s.recv(64).startswith(b"SSH-")
+                except TimeoutError:  # socket.timeout since Python 3.10
+                    continue
     except OSError:
-        return False
+        pass
+    return False
 
 
 def wait_ssh(paths, port, timeout):
@@ -416,9 +427,9 @@ def wait_ssh(paths, port, timeout):
     while time.monotonic() < deadline:
         if guest_pid(paths) is None:
             return "QEMU exited"
-        if ssh_banner(port):
+        if ssh_banner(paths, port, deadline):
             return None
-        time.sleep(1)
+        time.sleep(0.5)
     return f"no SSH banner on 127.0.0.1:{port} within {timeout}s"
 
 
