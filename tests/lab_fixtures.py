@@ -16,7 +16,7 @@ import pytest
 from helpers import ansible_playbook
 
 DEFAULT_LAB_HOSTS = ("lab-x86", "lab-arm")
-# Fresh machine: debootstrap of both arches + kernel downloads + boots, on 2 shared cores.
+# Fresh machine: mmdebstrap of both arches + kernel downloads + boots, on 2 shared cores.
 LAB_UP_TIMEOUT = 1800
 
 
