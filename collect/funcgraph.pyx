@@ -438,9 +438,10 @@ def graph_line(seq, str line):
 
 cdef inline bint _has_lost(str s, int uk, const void *ud, Py_ssize_t n):
     """`"[LOST" in s` (a marker can only be in the first n characters: the rest are line breaks)"""
-    cdef Py_ssize_t i = _find(uk, ud, 0, n, "[")
+    cdef Py_ssize_t i
     if uk != 1:
         return "[LOST" in s
+    i = _find(uk, ud, 0, n, "[")
     while i >= 0:
         if i + 5 <= n and RD(uk, ud, i + 1) == "L" and RD(uk, ud, i + 2) == "O" and RD(uk, ud, i + 3) == "S" \
                 and RD(uk, ud, i + 4) == "T":
@@ -465,10 +466,10 @@ def lex(lines, bint trace_cmd, bint numbered, tp_line, CallGraph graph, emit):
     other record (tuples of ftrace_text's module docstring) to ``emit``; ``tp_line(seq, line)`` reads tracepoint
     and function tracer lines."""
     cdef _Line L = _Line()
-    cdef bint graph_first = False
+    cdef bint graph_first = False, tried
     cdef long long n_seq = 0, seq
     cdef Py_ssize_t n, i
-    cdef int kind, uk
+    cdef int uk
     cdef const void *ud
     cdef Py_UCS4 first
     cdef str line
@@ -486,12 +487,13 @@ def lex(lines, bint trace_cmd, bint numbered, tp_line, CallGraph graph, emit):
         if i == n:
             continue
         first = RD(uk, ud, i)
+        # A line is parsed as a graph line at most once: _parse of the same characters gives the same answer.
+        tried = False
         if first != "#" and first != "-" and not trace_cmd and not _has_lost(line, uk, ud, n):
             if graph_first or _has_close_paren(line, n):  # the common case: a graph line, no str copied
-                kind = _parse(L, seq, line, n)
-                if kind != NO_MATCH:
+                tried = True
+                if _graph(L, seq, line, n, graph, emit):
                     graph_first = True
-                    _deliver(L, kind, seq, graph, emit)
                     continue
         if n != len(line):
             line = line[:n]
@@ -512,11 +514,10 @@ def lex(lines, bint trace_cmd, bint numbered, tp_line, CallGraph graph, emit):
                 m = _TC_BUFFER.match(line)
                 if m is not None:
                     line = line[m.end() :]
-        if graph_first or _has_close_paren(line, len(line)):
-            kind = _parse(L, seq, line, len(line))
-            if kind != NO_MATCH:
+        if not tried and (graph_first or _has_close_paren(line, len(line))):
+            tried = True
+            if _graph(L, seq, line, len(line), graph, emit):
                 graph_first = True
-                _deliver(L, kind, seq, graph, emit)
                 continue
         out = tp_line(seq, line)
         if out is not None:
@@ -526,21 +527,24 @@ def lex(lines, bint trace_cmd, bint numbered, tp_line, CallGraph graph, emit):
             else:
                 emit(out)
             continue
-        kind = _parse(L, seq, line, len(line))
-        if kind != NO_MATCH:
+        if not tried and _graph(L, seq, line, len(line), graph, emit):
             graph_first = True
-            _deliver(L, kind, seq, graph, emit)
             continue
         binary = "\x00" in line or "\ufffd" in line or not line.replace("\t", " ").isprintable()
         emit(("skip", seq, "binary or control characters" if binary else "not an ftrace line", line[:120]))
 
 
-cdef int _deliver(_Line L, int kind, long long seq, CallGraph graph, emit) except -1:
+cdef int _graph(_Line L, long long seq, str line, Py_ssize_t n, CallGraph graph, emit) except -1:
+    """Parse line[:n] as a function_graph line and deliver it (a call to ``graph``, a record to ``emit``); 0 when it
+    is not one."""
+    cdef int kind = _parse(L, seq, line, n)
+    if kind == NO_MATCH:
+        return 0
     if kind == RECORD:
         emit(L.rec)
     else:
         graph._feed(seq, L.cpu, L.task, L.pid, L.has_pid, L.ts, L.has_ts, L.depth, L.op, L.fn, L.dur, L.has_dur)
-    return 0
+    return 1
 
 
 cdef int _header(long long seq, str line, emit) except -1:
