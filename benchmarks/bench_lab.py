@@ -3,8 +3,9 @@
   fresh   empty cache -> per guest, side by side: lab_up -l <guest> (rootfs, kernel, initrd, image, boot)
           -> trace_manual -l <guest>; the first guest's trace                                  <= 300 s
           (each guest's time is printed: the x86_64 one does not wait for the arm64 build under qemu-user)
-  cached  warm cache  -> lab_up (boot to SSH)                                          -> first trace   <=  45 s
-  boot-to-SSH per guest (from qemu_vm's boot_seconds, the QEMU start to the guest's SSH banner)
+  cached  warm cache  -> lab_up (each guest resumes from its booted snapshot)         -> first trace   <=  45 s
+          and the same with -e lab_snapshots=false (a cold boot of the cached image), side by side
+  boot-to-SSH / resume-to-SSH per guest (qemu_vm's boot_seconds: QEMU start to the guest's SSH banner)
 
 "First trace" = playbooks/trace_manual.yml on both guests in parallel (function_graph on *compact*/*migrate* +
 compaction/migrate events around one manual compaction), results in a throwaway folder. The fresh run uses a
@@ -35,7 +36,8 @@ TARGETS = {"fresh": 300, "cached": 45}
 # lab_up's default wait.
 BOOT_DEADLINE = ["-e", "qemu_guest_wait_timeout=1800"]
 # lab_up's per-guest line, which the yaml callback may fold: "<host>: <arch> <kernel> (tcg), ... boot-to-SSH 18.2 s"
-BOOT_LINE = re.compile(r"([\w.-]+): \S+ \S+ \((?:tcg|kvm)\),[^']*?boot-to-SSH\s+([\d.]+)\s+s")
+# (or resume-to-SSH)
+BOOT_LINE = re.compile(r"([\w.-]+): \S+ \S+ \((?:tcg|kvm)\),[^']*?((?:boot|resume)-to-SSH)\s+([\d.]+)\s+s")
 
 
 # The issue's second target: the capture in each 2 GiB guest (function_graph *compact* + *migrate* + compaction and
@@ -60,13 +62,13 @@ def ansible(tool: str, *args: str, cache: Path | None = None) -> str:
 
 
 def lab_to_first_trace(
-    cache: Path | None, label: str, target: list[str] = TARGET
+    cache: Path | None, label: str, target: list[str] = TARGET, up_args: tuple[str, ...] = ()
 ) -> tuple[float, float, dict[str, float], dict[str, int]]:
-    """Seconds from nothing running to a trace on every guest of target, of which lab_up; boot-to-SSH and event
-    counts per guest."""
+    """Seconds from nothing running to a trace on every guest of target, of which lab_up; boot-to-SSH (or
+    resume-to-SSH) and event counts per guest."""
     started = time.monotonic()
     try:
-        up = ansible("ansible-playbook", "playbooks/lab_up.yml", *target, *BOOT_DEADLINE, cache=cache)
+        up = ansible("ansible-playbook", "playbooks/lab_up.yml", *target, *BOOT_DEADLINE, *up_args, cache=cache)
         up_seconds = time.monotonic() - started
         with tempfile.TemporaryDirectory(prefix="bench-lab-results-") as results:
             ansible(
@@ -87,7 +89,7 @@ def lab_to_first_trace(
                 CAPTURES[f"{meta_path.parent.name} ({label})"] = {k: meta.get(k) for k in CAPTURE_KEYS}
     finally:
         ansible("ansible-playbook", "playbooks/lab_down.yml", *target, cache=cache)
-    boots = {h: float(s) for h, s in BOOT_LINE.findall(up)}
+    boots = {f"{how} {h}": float(s) for h, how, s in BOOT_LINE.findall(up)}
     return elapsed, up_seconds, boots, events
 
 
@@ -126,6 +128,8 @@ def main() -> None:
     print("machine shared with other engineers: load = /proc/loadavg (1/5/15 min) when the figure was taken")
     print(f"{'measure':42} {'target':>8} {'measured':>9} {'ratio':>6}   load", flush=True)
     report("cached images -> first lab trace", "cached", *lab_to_first_trace(None, "cached"))
+    cold = lab_to_first_trace(None, "cold", up_args=("-e", "lab_snapshots=false"))
+    report("cached, cold boot -> first lab trace", None, *cold)
     if not args.cached_only:
         # A throwaway COMPACTION_LAB_CACHE; the real cache stays untouched.
         with tempfile.TemporaryDirectory(prefix="bench-lab-cache-") as tmp:
@@ -148,8 +152,8 @@ def report(
     row(name, TARGETS[target] if target else None, seconds, load)
     row(f"  of which lab_up ({label})", None, up_seconds, load)
     row(f"  of which trace_manual ({label})", None, seconds - up_seconds, load)
-    for host, boot in sorted(boots.items()):
-        row(f"boot-to-SSH {host} ({label})", None, boot, load)
+    for what, boot in sorted(boots.items()):
+        row(f"{what} ({label})", None, boot, load)
     print(f"compaction events in the {label} run's trace: {events}")
 
 

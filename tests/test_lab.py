@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,48 @@ def test_lab_up_again_changes_nothing(lab):
     assert set(lab) <= set(totals)
     assert all(totals[h]["changed"] == 0 and totals[h]["failed"] == 0 for h in lab), totals
     assert len(re.findall(r"already\s+running", proc.stdout)) == len(lab)
+
+
+def test_a_guest_resumes_from_the_snapshot_of_its_cold_boot(tmp_path, is_root):
+    """lab_up's second start of a guest resumes the snapshot its cold boot took: the same kernel and hostname, the
+    clock set to now, nothing of the last run's overlay, the boot's console log kept. A snapshot that does not
+    resume is deleted and the guest boots cold (and takes a new one)."""
+    guest = "snap-test"
+    inventory = tmp_path / "snap.yml"
+    # Joins inventory/lab.yml's qemu group (its connection vars); a private name, so a private snapshot.
+    inventory.write_text(
+        f"all:\n  children:\n    qemu:\n      hosts:\n        {guest}:\n"
+        "          lab_arch: x86_64\n          ansible_port: 10036\n          lab_memory_mb: 1024\n"
+    )
+    inv = ("-i", ROOT / "inventory" / "local.yml", "-i", ROOT / "inventory" / "lab.yml", "-i", inventory)
+    snapshot, console = CACHE / "snapshots" / guest, CACHE / "run" / guest / "console.log"
+    shutil.rmtree(snapshot, ignore_errors=True)
+    try:
+        cold = ansible_playbook("lab_up.yml", *inv, "-l", guest, timeout=1200).stdout
+        assert re.search(r"boot-to-SSH\s+[\d.]+\s+s,\s+snapshot\s+taken\s+in\s+[\d.]+\s+s", cold), cold
+        ansible_adhoc(guest, "ansible.builtin.file", "path=/root/after-snapshot state=touch", *inv)
+        ansible_playbook("lab_down.yml", *inv, "-l", guest, timeout=600)
+
+        resumed = ansible_playbook("lab_up.yml", *inv, "-l", guest, timeout=1200).stdout
+        assert re.search(r"resume-to-SSH\s+[\d.]+\s+s", resumed), resumed
+        facts = ansible_adhoc(guest, "ansible.builtin.setup", "gather_subset=min", *inv)[guest]["ansible_facts"]
+        assert facts["ansible_hostname"] == guest and facts["ansible_kernel"].startswith("6.1.")
+        assert abs(int(facts["ansible_date_time"]["epoch"]) - time.time()) < 60, facts["ansible_date_time"]
+        marker = ansible_adhoc(guest, "ansible.builtin.stat", "path=/root/after-snapshot", *inv)[guest]
+        assert not marker["stat"]["exists"], "the resumed guest sees the last run's overlay"
+        log = console.read_text(errors="replace")
+        assert "Linux version" in log and f"{guest} resumed here from its booted snapshot" in log
+
+        ansible_playbook("lab_down.yml", *inv, "-l", guest, timeout=600)
+        with open(snapshot / "ram.state", "r+b") as f:
+            f.truncate(1 << 20)
+        fallback = ansible_playbook("lab_up.yml", *inv, "-l", guest, timeout=1200).stdout
+        assert re.search(r"did\s+not\s+resume.*?booted\s+cold;\s+taken\s+in", fallback, re.S), fallback
+        assert ansible_adhoc(guest, "ansible.builtin.ping", "", *inv)[guest]["ping"] == "pong"
+        assert (snapshot / "ram.state").stat().st_size > 1 << 20
+    finally:
+        ansible_playbook("lab_down.yml", *inv, "-l", guest, timeout=600)
+    assert qemu_pids_of(CACHE / "run" / guest) == [] and not listening(10036)
 
 
 def test_resource_guard_refuses_before_building_or_booting(tmp_path, is_root):

@@ -17,6 +17,13 @@ description:
     reboot (no C(-no-reboot)), as a bare-metal host does.
   - C(accel=auto) uses KVM only when it really runs a kernel (a probe boot with a timeout, cached per host boot),
     else TCG. Nested KVM on some clouds opens C(/dev/kvm) fine and then hangs or aborts.
+  - With O(snapshot_dir), a C(boot=kernel) guest without a KGDB serial resumes from a snapshot of an earlier boot
+    whose guest-visible inputs (QEMU binary, machine, CPUs, memory, kernel, initrd, command line, image) were the
+    same - the RAM state of that boot once its SSH answered, and its disk at that instant as the new overlay's
+    backing file. A cold boot with no such snapshot takes one (a live migration to a file, under a second of pause),
+    replacing the guest's older one. A snapshot that does not resume is deleted and the guest boots cold. A resumed
+    guest's clock is the snapshot's, to be set (the qemu_guest role does). Its console log starts with the snapshotted
+    boot's.
   - C(state=stopped) asks the guest to power off (ACPI over QMP), then sends SIGTERM and SIGKILL to the pid from
     the pidfile, only if that process is this guest's QEMU. It removes the overlay, pidfile and sockets; the console
     log stays for post-mortems.
@@ -108,6 +115,10 @@ options:
     type: list
     elements: str
     default: []
+  snapshot_dir:
+    description: Directory of booted snapshots, one per guest name (C(<snapshot_dir>/<name>/)); empty always boots cold.
+    type: path
+    default: ""
 attributes:
   check_mode:
     support: full
@@ -154,9 +165,21 @@ argv:
   type: list
   elements: str
 boot_seconds:
-  description: Seconds from QEMU start to the SSH banner (null when the guest was already running or not waited for).
+  description:
+    - Seconds from QEMU start to the SSH banner (null when the guest was already running or not waited for); when
+      RV(resumed), from QEMU start to the banner of the resumed guest.
   returned: when started
   type: float
+resumed:
+  description: The guest resumed from a booted snapshot instead of booting.
+  returned: when started
+  type: bool
+snapshot:
+  description:
+    - What happened with the booted snapshot - C(resumed), C(taken in N s) (a cold boot snapshotted), C(off), or why
+      none was used or taken.
+  returned: when started
+  type: str
 console_log:
   description: Path of the guest's serial console log.
   returned: always
@@ -167,9 +190,12 @@ console_tail:
   type: str
 """
 
+import hashlib
 import json
 import os
 import platform
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -181,6 +207,11 @@ from ansible.module_utils.basic import AnsibleModule
 CONSOLE_TAIL_LINES = 40
 QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 CONSOLE_TTY = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
+# Part of every snapshot key: bump it when what a snapshot holds changes.
+SNAPSHOT_FORMAT = 1
+# A resume that has not answered SSH by then boots cold instead (a resume takes seconds, a cold boot tens).
+RESUME_TIMEOUT = 180
+MIGRATE_TIMEOUT = 300
 
 
 class Paths:
@@ -231,20 +262,49 @@ def port_free(port):
     return True
 
 
+class QmpError(Exception):
+    pass
+
+
+class Qmp:
+    """A QMP session on the guest's socket: each call sends one command and returns its reply, skipping events."""
+
+    def __init__(self, path, timeout=5):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+            self.file = self.sock.makefile("rw")
+            self.file.readline()  # greeting
+            self("qmp_capabilities")
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def __call__(self, command, **arguments):
+        self.file.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
+        self.file.flush()
+        while True:
+            reply = json.loads(self.file.readline())  # "" when QEMU closed the socket: ValueError
+            if "error" in reply:
+                raise QmpError(f"{command}: {reply['error'].get('desc', reply['error'])}")
+            if "return" in reply:
+                return reply["return"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
 def qmp_powerdown(paths):
     """Ask for an ACPI power-off over QMP; any failure just means we go on to signals."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(paths.qmp)
-            f = s.makefile("rw")
-            f.readline()  # greeting
-            for cmd in ("qmp_capabilities", "system_powerdown"):
-                f.write(json.dumps({"execute": cmd}) + "\n")
-                f.flush()
-                f.readline()
+        with Qmp(paths.qmp) as qmp:
+            qmp("system_powerdown")
         return True
-    except OSError:
+    except (OSError, ValueError, QmpError):
         return False
 
 
@@ -387,8 +447,12 @@ def qemu_argv(p, paths, accel):
         "virtio-net-pci,netdev=net0",
         "-device",
         "virtio-rng-pci",
+        # Appended to, not truncated: a resumed guest's log goes on from its snapshotted boot's (start() empties it
+        # for a cold boot).
+        "-chardev",
+        f"file,id=console,path={paths.console},append=on",
         "-serial",
-        f"file:{paths.console}",
+        "chardev:console",
     ]
     # Same argv order as before boot=disk existed: a running guest's stored argv still matches (no restart).
     if p["boot"] == "kernel" and p["initrd"]:
@@ -433,6 +497,117 @@ def wait_ssh(paths, port, timeout):
     return f"no SSH banner on 127.0.0.1:{port} within {timeout}s"
 
 
+class Snapshot:
+    """A guest's booted snapshot, <snapshot_dir>/<name>/: ram.state (QEMU's migration stream of the running guest),
+    disk.qcow2 (its overlay at that instant, backed by the golden image), console.log (that boot's) and key.json."""
+
+    def __init__(self, p, accel):
+        self.dir = os.path.join(p["snapshot_dir"], p["name"])
+        self.ram = os.path.join(self.dir, "ram.state")
+        self.disk = os.path.join(self.dir, "disk.qcow2")
+        self.console = os.path.join(self.dir, "console.log")
+        self.meta = os.path.join(self.dir, "key.json")
+        self.key = snapshot_key(p, accel)
+
+    def matches(self):
+        try:
+            with open(self.meta) as f:
+                key = json.load(f)["key"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return key == self.key and all(os.path.isfile(f) for f in (self.ram, self.disk, self.console))
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def snapshot_key(p, accel):
+    """Hash of what the guest sees: the QEMU command line with host-side names, paths and ports masked, the files it
+    boots from and the QEMU binary (its migration format), each by path, size and mtime."""
+    argv = qemu_argv(dict(p, name="guest", ssh_port=0, gdb_port=0), Paths("/run"), accel)
+    files = [p["image"], p["kernel"], p["initrd"], shutil.which(QEMU_BINARY[p["arch"]]) or ""]
+    stats = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files if f]
+    return hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, argv, stats]).encode()).hexdigest()[:16]
+
+
+def snapshot_off(p):
+    """Why this guest neither resumes nor is snapshotted, or None."""
+    if not p["snapshot_dir"]:
+        return "off"
+    if p["boot"] != "kernel":
+        return "off: boot=disk (the boot loader and the guest's reboots are what such a guest is for)"
+    if p["kgdb_port"]:
+        return "off: a KGDB serial (a debugger's session on it cannot be resumed)"
+    if not p["wait_timeout"]:
+        return "off: wait_timeout=0 (a snapshot is taken once SSH answers)"
+    return None
+
+
+def take_snapshot(paths, snap, boot_seconds):
+    """Live-migrate the running guest into a file, copy its overlay while the finished migration holds it paused
+    (disk flushed: the overlay is exactly the RAM state's disk), resume it, then publish the snapshot in place of the
+    guest's older one. Returns the seconds it took; on failure the guest runs on and the error is raised."""
+    tmp = snap.dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, mode=0o700)
+    started = time.monotonic()
+    try:
+        with Qmp(paths.qmp, timeout=30) as qmp:
+            try:
+                # QEMU 7.2 caps migration at 32 MiB/s by default; this one only writes a local file.
+                qmp("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+                qmp("migrate", uri="exec:cat > " + shlex.quote(os.path.join(tmp, "ram.state")))
+                deadline = time.monotonic() + MIGRATE_TIMEOUT
+                while (info := qmp("query-migrate")).get("status") not in ("completed", "failed", "cancelled"):
+                    if time.monotonic() > deadline:
+                        qmp("migrate_cancel")
+                        raise QmpError(f"migration not done in {MIGRATE_TIMEOUT}s")
+                    time.sleep(0.05)
+                if info["status"] != "completed":
+                    raise QmpError(f"migration {info['status']}: {info.get('error-desc', '')}")
+                shutil.copyfile(paths.overlay, os.path.join(tmp, "disk.qcow2"))
+            finally:
+                if qmp("query-status")["status"] != "running":
+                    qmp("cont")
+        shutil.copyfile(paths.console, os.path.join(tmp, "console.log"))
+        with open(os.path.join(tmp, "key.json"), "w") as f:
+            json.dump({"key": snap.key, "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "boot_seconds": boot_seconds}, f)  # fmt: skip
+        snap.remove()
+        os.rename(tmp, snap.dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return round(time.monotonic() - started, 1)
+
+
+def launch(module, p, paths, argv, result, snap=None):
+    """Create the overlay (on the golden image, or on snap's disk to resume snap) and start QEMU daemonized.
+    Returns the monotonic start time."""
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", snap.disk if snap else p["image"],
+         paths.overlay],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    if snap:
+        shutil.copyfile(snap.console, paths.console)
+        with open(paths.console, "a") as f:
+            f.write(f"\n[qemu_vm] {p['name']} resumed here from its booted snapshot {snap.dir}\n")
+    else:
+        open(paths.console, "w").close()
+    started = time.monotonic()
+    proc = subprocess.run(argv + (["-incoming", "exec:cat " + shlex.quote(snap.ram)] if snap else []),
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        stop(paths, 0)
+        module.fail_json(msg=f"{p['name']}: QEMU did not start: {proc.stderr.strip()}", **result)
+    # The command line without -incoming: the guest it describes is the same, resumed or booted.
+    with open(paths.state, "w") as f:
+        json.dump({"argv": argv, "accel": result["accel"]}, f)
+    result["pid"] = guest_pid(paths)
+    return started
+
+
 def start(module, p, paths):
     result = {"changed": False, "console_log": paths.console}
     accel, why = p["accel"], f"accel={p['accel']} requested"
@@ -440,7 +615,7 @@ def start(module, p, paths):
         ok, why = probe_kvm(module, p)
         accel = "kvm" if ok else "tcg"
     argv = qemu_argv(p, paths, accel)
-    result.update(accel=accel, kvm_probe=why, argv=argv, boot_seconds=None)
+    result.update(accel=accel, kvm_probe=why, argv=argv, boot_seconds=None, resumed=False, snapshot="")
 
     pid = guest_pid(paths)
     if pid is not None:
@@ -479,20 +654,19 @@ def start(module, p, paths):
         )
 
     os.makedirs(paths.run_dir, mode=0o700, exist_ok=True)
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", p["image"], paths.overlay],
-        check=True,
-        capture_output=True,
-    )
-    started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
+    note = snapshot_off(p)
+    snap = None if note else Snapshot(p, accel)
+    if snap and snap.matches():
+        started = launch(module, p, paths, argv, result, snap)
+        problem = wait_ssh(paths, p["ssh_port"], min(p["wait_timeout"], RESUME_TIMEOUT))
+        if problem is None:
+            result.update(boot_seconds=round(time.monotonic() - started, 1), resumed=True, snapshot="resumed")
+            return result
         stop(paths, 0)
-        module.fail_json(msg=f"{p['name']}: QEMU did not start: {proc.stderr.strip()}", **result)
-    with open(paths.state, "w") as f:
-        json.dump({"argv": argv, "accel": accel}, f)
-    result["pid"] = guest_pid(paths)
+        snap.remove()
+        note = f"{snap.dir} did not resume ({problem}): deleted, booted cold"
 
+    started = launch(module, p, paths, argv, result)
     if p["wait_timeout"]:
         problem = wait_ssh(paths, p["ssh_port"], p["wait_timeout"])
         if problem:
@@ -504,6 +678,12 @@ def start(module, p, paths):
                 **result,
             )
         result["boot_seconds"] = round(time.monotonic() - started, 1)
+    if snap:
+        try:
+            note = (note + "; " if note else "") + f"taken in {take_snapshot(paths, snap, result['boot_seconds'])} s"
+        except (OSError, ValueError, QmpError) as e:
+            note = (note + "; " if note else "") + f"not taken: {e}"
+    result["snapshot"] = note
     return result
 
 
@@ -530,6 +710,7 @@ def main():
             "wait_timeout": {"type": "int", "default": 300},
             "stop_timeout": {"type": "int", "default": 60},
             "extra_args": {"type": "list", "elements": "str", "default": []},
+            "snapshot_dir": {"type": "path", "default": ""},
         },
         required_if=[("state", "started", ("image", "ssh_port"))],
         supports_check_mode=True,

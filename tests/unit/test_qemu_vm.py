@@ -44,15 +44,15 @@ def test_every_listener_binds_loopback_only(tmp_path):
     argv = qemu_vm.qemu_argv(params(), qemu_vm.Paths(str(tmp_path)), "tcg")
     assert option_values(argv, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:10022-:22"]
     assert option_values(argv, "-gdb") == ["tcp:127.0.0.1:1234"]
-    assert f"file:{tmp_path}/console.log" in option_values(argv, "-serial")
-    assert "tcp:127.0.0.1:4444,server=on,wait=off" in option_values(argv, "-serial")
+    assert option_values(argv, "-chardev") == [f"file,id=console,path={tmp_path}/console.log,append=on"]
+    assert option_values(argv, "-serial") == ["chardev:console", "tcp:127.0.0.1:4444,server=on,wait=off"]
     assert option_values(argv, "-qmp") == [f"unix:{tmp_path}/qmp.sock,server=on,wait=off"]
 
 
 def test_optional_listeners_are_absent_when_off(tmp_path):
     argv = qemu_vm.qemu_argv(params(gdb_port=0, kgdb_port=0, initrd=""), qemu_vm.Paths(str(tmp_path)), "tcg")
     assert "-gdb" not in argv and "-initrd" not in argv
-    assert option_values(argv, "-serial") == [f"file:{tmp_path}/console.log"]
+    assert option_values(argv, "-serial") == ["chardev:console"]
 
 
 def test_kernel_boot_passes_kernel_initrd_cmdline_and_ends_qemu_on_reboot(tmp_path):
@@ -122,3 +122,29 @@ def test_port_free_sees_a_listener(busy):
             assert not qemu_vm.port_free(port)
     if not busy:
         assert qemu_vm.port_free(port)
+
+
+def test_snapshot_key_ignores_host_side_names_and_ports_but_not_what_the_guest_sees(tmp_path):
+    files = {}
+    for name in ("image", "kernel", "initrd"):
+        files[name] = tmp_path / name
+        files[name].write_text(name)
+    base = params(**{k: str(v) for k, v in files.items()}, kgdb_port=0)
+    key = qemu_vm.snapshot_key(base, "tcg")
+    assert qemu_vm.snapshot_key(dict(base, name="other", ssh_port=10060, gdb_port=0), "tcg") == key
+    for change in ({"memory_mb": 1024}, {"cpus": 1}, {"cmdline": "root=/dev/vda"}, {"extra_args": ["-s"]}):
+        assert qemu_vm.snapshot_key(dict(base, **change), "tcg") != key, change
+    assert qemu_vm.snapshot_key(base, "kvm") != key
+    files["kernel"].write_text("a rebuilt kernel")
+    assert qemu_vm.snapshot_key(base, "tcg") != key
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [({"snapshot_dir": ""}, "off"), ({"boot": "disk"}, "boot=disk"), ({"kgdb_port": 4444}, "KGDB"),
+     ({"wait_timeout": 0}, "wait_timeout=0")],
+)  # fmt: skip
+def test_snapshots_are_off_where_a_resume_cannot_stand_for_a_boot(change, why):
+    p = params(snapshot_dir="/s", kgdb_port=0, wait_timeout=300)
+    assert qemu_vm.snapshot_off(p) is None
+    assert why in qemu_vm.snapshot_off(dict(p, **change))
