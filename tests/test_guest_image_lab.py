@@ -23,6 +23,7 @@ echo "bash_docs=$(ls /usr/share/doc/bash)"
 echo "man_pages=$(find /usr/share/man -type f | wc -l)"
 echo "host_keys=$(ls /etc/ssh/ssh_host_*_key | wc -l)"
 echo "usr_merged=$(readlink /bin)"
+echo "ansiballz_cached=$(ls /var/cache/ansiballz-pyc/*/ | wc -l)"
 """
 
 
@@ -45,3 +46,5 @@ def test_guest_image_has_what_experiments_need_and_nothing_build_only(lab, tmp_p
         assert probe["man_pages"] == "0", (host, probe)
         assert probe["host_keys"] == "3", (host, probe)
         assert probe["usr_merged"] == "usr/bin", (host, probe)
+        # This very module run (ansible.builtin.shell) imported its module_utils through the image's bytecode cache.
+        assert int(probe["ansiballz_cached"]) > 20, (host, probe)
