@@ -680,9 +680,10 @@ def start(module, p, paths):
         result["boot_seconds"] = round(time.monotonic() - started, 1)
     if snap:
         try:
-            note = (note + "; " if note else "") + f"taken in {take_snapshot(paths, snap, result['boot_seconds'])} s"
+            taken = f"taken in {take_snapshot(paths, snap, result['boot_seconds'])} s"
         except (OSError, ValueError, QmpError) as e:
-            note = (note + "; " if note else "") + f"not taken: {e}"
+            taken = f"not taken: {e}"
+        note = f"{note}; {taken}" if note else taken
     result["snapshot"] = note
     return result
 

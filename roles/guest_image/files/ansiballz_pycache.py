@@ -20,7 +20,8 @@ class CachedZipImporter(zipimport.zipimporter):
         # zipimport's own compiles the module to learn the name (the path, as zipimport forms it, of its source).
         name = self.prefix + fullname.rpartition(".")[2]
         path = name + ("/__init__.py" if self.is_package(fullname) else ".py")
-        if path not in self._files:  # bytecode-only entry
+        # A bytecode-only entry, or a zipimport without the 3.11 directory attribute (another guest release): its own.
+        if path not in getattr(self, "_files", ()):
             return super().get_filename(fullname)
         return self.archive + "/" + path
 
